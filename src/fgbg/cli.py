@@ -1,0 +1,148 @@
+"""`fgbg` command line: one thin command per pipeline stage (each is a DVC stage in dvc.yaml)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fgbg.config import ConfigError, Params, load_params
+
+app = typer.Typer(
+    help="Build fg/bg composite datasets (fg_bg, mask, depth) reproducibly. "
+    "Each command is one stage of `dvc repro`; knobs live in params.yaml.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RAW = Path("data/raw/synthetic")
+PREPARED = Path("data/prepared")
+COMPOSITES = Path("data/composites")
+DEPTH = Path("data/depth")
+STATS = Path("data/stats.json")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.")]
+JobsOpt = Annotated[
+    int | None, typer.Option("--jobs", "-j", help="Worker processes (default: the param; 0 = cores).")
+]
+
+
+def _one_line_errors(fn):
+    """Expected failures (bad params, missing inputs, rejected data) → one line on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from fgbg.images import BadImage
+        from fgbg.prepare import PrepareFailed
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, FileNotFoundError, BadImage, PrepareFailed, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _params(path: Path) -> Params:
+    return load_params(path)
+
+
+@app.command()
+@_one_line_errors
+def synth(params: ParamsOpt = Path("params.yaml"), out: Path = RAW) -> None:
+    """Render the embedded raw set: bg scenes with exact depth, RGBA fg sprites (params `synth`)."""
+    from fgbg.synth import run_synth
+
+    index = run_synth(_params(params).synth, out)
+    typer.echo(f"synth: {len(index['bg'])} bg, {len(index['fg'])} fg → {out}", err=True)
+
+
+@app.command()
+@_one_line_errors
+def prepare(params: ParamsOpt = Path("params.yaml"), out: Path = PREPARED) -> None:
+    """Validate raw bg/fg folders, normalise sizes, write masks and report.json (params `prepare`).
+
+    Bad files get one line each naming the file and the reason; with prepare.strict any
+    rejection fails the stage after the report is written.
+    """
+    from fgbg.prepare import run_prepare
+
+    run_prepare(_params(params).prepare, out, log=_log)
+
+
+@app.command()
+@_one_line_errors
+def compose(
+    params: ParamsOpt = Path("params.yaml"),
+    prepared: Path = PREPARED,
+    out: Path = COMPOSITES,
+    jobs: JobsOpt = None,
+) -> None:
+    """Paste every fg (and its mirror) on every bg → fg_bg JPEG + mask PNG tar shards + index.
+
+    Resumable: rerun after a kill and finished shards are verified and kept. Output bytes do not
+    depend on --jobs.
+    """
+    from fgbg.compose import run_compose
+
+    p = _params(params)
+    cfg = p.compose if jobs is None else p.compose.model_copy(update={"jobs": jobs})
+    manifest = run_compose(cfg, p.split, prepared, out)
+    typer.echo(
+        f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True
+    )
+
+
+@app.command()
+@_one_line_errors
+def depth(
+    params: ParamsOpt = Path("params.yaml"),
+    prepared: Path = PREPARED,
+    composites: Path = COMPOSITES,
+    out: Path = DEPTH,
+    jobs: JobsOpt = None,
+) -> None:
+    """Depth map for every composite (16-bit inverse depth PNG shards keyed like the composites)."""
+    from fgbg.depth import run_depth
+
+    p = _params(params)
+    cfg = p.depth if jobs is None else p.depth.model_copy(update={"jobs": jobs})
+    manifest = run_depth(cfg, prepared, composites, out)
+    typer.echo(f"depth: {manifest['samples']} maps in {len(manifest['shards'])} shards → {out}", err=True)
+
+
+@app.command()
+@_one_line_errors
+def stats(
+    params: ParamsOpt = Path("params.yaml"),
+    prepared: Path = PREPARED,
+    composites: Path = COMPOSITES,
+    depth_dir: Annotated[Path, typer.Option("--depth")] = DEPTH,
+    out: Path = STATS,
+) -> None:
+    """Mean/std per channel of bg, fg_bg, mask and depth over the train split → stats.json."""
+    from fgbg.stats import run_stats
+
+    result = run_stats(_params(params).stats, prepared, composites, depth_dir, out)
+    typer.echo(json.dumps({k: result[k] for k in ("samples", "fg_bg", "depth")}), err=True)
+
+
+@app.command("check-params")
+@_one_line_errors
+def check_params(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Validate a params file and print it with every default filled in."""
+    typer.echo(json.dumps(_params(params).model_dump(), indent=2))
+
+
+def _log(message: str, file=sys.stderr) -> None:
+    typer.echo(message, err=file is sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,149 @@
+"""params.yaml → typed, validated config: the one place parameters are read.
+
+Every stage takes its section of `Params`; a bad key or value fails here, naming the key,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthParams(_Section):
+    """The embedded raw set: rendered street/river/hill scenes with exact depth, RGBA sprites."""
+
+    seed: int = 0
+    n_bg: int = Field(20, ge=1, le=100_000)
+    n_fg: int = Field(20, ge=1, le=100_000)
+    bg_size: int = Field(192, ge=16, le=4096)
+    fg_size: int = Field(128, ge=16, le=4096)
+
+
+class PrepareParams(_Section):
+    """Where the raw photos are and how they are validated and normalised."""
+
+    raw_dir: str = "data/raw/synthetic"  # holds bg/ and fg/, optionally bg_depth/
+    image_size: int = Field(192, ge=16, le=4096)
+    fg_size: int = Field(96, ge=8, le=4096)
+    min_side: int = Field(16, ge=1)
+    max_pixels: int = Field(50_000_000, ge=1)
+    max_aspect: float = Field(8.0, ge=1.0)
+    strict: bool = False
+
+
+class SplitParams(_Section):
+    """Splits by identity: each bg and each fg lands in one split by a seeded hash of its name."""
+
+    seed: int = 0
+    train: float = Field(0.8, ge=0.0, le=1.0)
+    val: float = Field(0.1, ge=0.0, le=1.0)
+    test: float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class ComposeParams(_Section):
+    """How each fg is pasted on each bg."""
+
+    seed: int = 0
+    placement: Literal["random", "grid"] = "random"
+    positions: int = Field(20, ge=1, le=10_000)
+    grid: tuple[int, int] = (5, 4)
+    flip: bool = True
+    scale_jitter: float = Field(0.0, ge=0.0, lt=1.0)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    shard_size: int = Field(5000, ge=1)
+    jobs: int = Field(0, ge=0)
+    preview_samples: int = Field(8, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _grid_positive(self) -> ComposeParams:
+        if min(self.grid) < 1:
+            raise ValueError(f"grid needs cols, rows >= 1, got {list(self.grid)}")
+        return self
+
+    @property
+    def n_positions(self) -> int:
+        return self.grid[0] * self.grid[1] if self.placement == "grid" else self.positions
+
+
+class DepthParams(_Section):
+    """Where fg_bg depth comes from; `teacher` is reserved for a pretrained model."""
+
+    source: Literal["provided"] = "provided"
+    mode: Literal["compose"] = "compose"
+    png_compression: int = Field(1, ge=0, le=9)
+    jobs: int = Field(0, ge=0)
+    preview_samples: int = Field(8, ge=0, le=64)
+
+
+class StatsParams(_Section):
+    jobs: int = Field(0, ge=0)
+
+
+class Params(_Section):
+    synth: SynthParams = SynthParams()
+    prepare: PrepareParams = PrepareParams()
+    split: SplitParams = SplitParams()
+    compose: ComposeParams = ComposeParams()
+    depth: DepthParams = DepthParams()
+    stats: StatsParams = StatsParams()
+
+
+MODEL_SECTIONS = frozenset({"train", "evaluate", "predict", "mlflow"})
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{key}: {msg}")
+    return "; ".join(lines)
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file; raise ConfigError naming the file and the bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    # Sections read by the model stages are validated by their own modules, not here.
+    known = {k: v for k, v in raw.items() if k not in MODEL_SECTIONS}
+    try:
+        return Params.model_validate(known)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_describe(e)}") from None
+
+
+def resolve_jobs(jobs: int) -> int:
+    """0 means one worker per usable core."""
+    if jobs > 0:
+        return jobs
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)

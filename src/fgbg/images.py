@@ -1,0 +1,289 @@
+"""Image I/O, validation and the pixel operations every stage shares.
+
+In memory images are RGB(A) uint8 H×W×C and masks uint8 {0,255}; OpenCV's BGR is converted at
+the encode/decode edge only. Raw user files are opened with Pillow, which reports truncation,
+decompression bombs, modes and EXIF orientation far better than OpenCV does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+cv2.setNumThreads(1)  # stages parallelise over processes; threads inside each only contend
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MASK_THRESHOLD = 128  # mask = alpha >= 0.5
+
+_JPEG_FLAGS = cv2.IMWRITE_JPEG_QUALITY
+_MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+
+
+class BadImage(ValueError):
+    """A file that cannot be used; str() is a one-line reason (the caller names the file)."""
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    """Write via a temp file in the same folder + rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temp files a killed run left behind (names from atomic_write_bytes)."""
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- encode / decode
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [_JPEG_FLAGS, quality])
+    assert ok
+    return buf.tobytes()
+
+
+def encode_png(img: np.ndarray, compression: int = 1, png_filter: int | None = None) -> bytes:
+    """PNG of a gray (uint8/uint16), RGB or RGBA array."""
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    flags = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    if png_filter is not None:
+        flags += [cv2.IMWRITE_PNG_FILTER, png_filter]
+    ok, buf = cv2.imencode(".png", img, flags)
+    assert ok
+    return buf.tobytes()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """Masks are flat areas; no PNG filter is both smallest-effort and small (~0.04 ms)."""
+    ok, buf = cv2.imencode(".png", mask, _MASK_PNG)
+    assert ok
+    return buf.tobytes()
+
+
+def decode(data: bytes | np.ndarray, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Decode bytes written by this project (trusted) into RGB/RGBA/gray arrays."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if arr is None:
+        raise BadImage("not a decodable image")
+    if arr.ndim == 3:
+        code = cv2.COLOR_BGR2RGB if arr.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        arr = cv2.cvtColor(arr, code)
+    return arr
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read a file this project wrote (prepared set); RGB, RGBA, or gray as stored."""
+    return decode(Path(path).read_bytes())
+
+
+def write_png(path: Path, img: np.ndarray, compression: int = 3) -> None:
+    atomic_write_bytes(path, encode_png(img, compression))
+
+
+# ---------------------------------------------------------------- raw user files
+
+
+@dataclass
+class RawImage:
+    """A raw file decoded to RGB or RGBA uint8, with notes on what was converted."""
+
+    pixels: np.ndarray
+    has_alpha: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def load_raw_image(path: Path, *, min_side: int, max_pixels: int, max_aspect: float) -> RawImage:
+    """Open any raw photo, upright and as 8-bit RGB(A); raise BadImage with a one-line reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise BadImage(f"cannot read ({e.strerror})") from None
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                _check_dimensions(w, h, min_side, max_pixels, max_aspect)
+                im.load()
+                im = _upright(im, notes)
+                rgb_or_rgba = _to_8bit_rgb(im, notes)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"image too large (more than {max_pixels} pixels)") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(f"corrupt or truncated image ({_first_line(e)})") from None
+    return RawImage(rgb_or_rgba, rgb_or_rgba.shape[2] == 4, notes)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _check_dimensions(w: int, h: int, min_side: int, max_pixels: int, max_aspect: float) -> None:
+    if min(w, h) < min_side:
+        raise BadImage(f"too small ({w}x{h}; sides must be >= {min_side} px)")
+    if w * h > max_pixels:
+        raise BadImage(f"image too large ({w}x{h} > {max_pixels} pixels)")
+    if max(w, h) / min(w, h) > max_aspect:
+        raise BadImage(f"absurd aspect ratio ({w}x{h}; limit {max_aspect:g}:1)")
+
+
+def _upright(im: Image.Image, notes: list[str]) -> Image.Image:
+    orientation = im.getexif().get(0x0112, 1)
+    if orientation not in (1, None):
+        notes.append(f"rotated upright (EXIF orientation {orientation})")
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _to_8bit_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
+    """Every Pillow mode → RGB or RGBA uint8, keeping transparency where the file has it."""
+    mode = im.mode
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        notes.append(f"converted {mode} (high bit depth gray) to 8-bit RGB")
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode not in ("RGB", "RGBA"):
+        notes.append(f"converted from {mode} to {'RGBA' if has_alpha else 'RGB'}")
+    if np.asarray(im).dtype != np.uint8 and mode in ("RGB", "RGBA"):  # 16-bit RGB via Pillow
+        notes.append("converted 16-bit channels to 8-bit")
+    im = im.convert("RGBA" if has_alpha else "RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- pixel operations
+
+
+def resize_cover_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Scale so the short side is `size`, then centre-crop to size×size (bg normalisation)."""
+    h, w = img.shape[:2]
+    scale = size / min(h, w)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(img, (nw, nh), interpolation=interp)
+    y0, x0 = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(img[y0 : y0 + size, x0 : x0 + size])
+
+
+def resize_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with premultiplied alpha so transparent pixels' colour never bleeds in (no halos)."""
+    h, w = rgba.shape[:2]
+    if (w, h) == (width, height):
+        return rgba
+    interp = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
+    a = rgba[..., 3:4].astype(np.float32) / 255.0
+    premult = np.concatenate([rgba[..., :3].astype(np.float32) * a, a * 255.0], axis=2)
+    out = cv2.resize(premult, (width, height), interpolation=interp)
+    alpha = np.clip(out[..., 3:4], 0, 255)
+    safe = np.where(alpha > 0, alpha / 255.0, 1.0)
+    rgb = np.clip(out[..., :3] / safe, 0, 255)
+    return np.concatenate([rgb, alpha], axis=2).round().astype(np.uint8)
+
+
+def alpha_bbox(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the non-zero alpha, exclusive end; None when fully transparent."""
+    rows = np.flatnonzero(alpha.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(alpha.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def mask_from_alpha(alpha: np.ndarray) -> np.ndarray:
+    return np.where(alpha >= MASK_THRESHOLD, np.uint8(255), np.uint8(0))
+
+
+def alpha_blend_into(canvas: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> None:
+    """canvas[y:y+h, x:x+w] = a·fg + (1−a)·canvas, in exact integer arithmetic (rounded)."""
+    h, w = fg_rgba.shape[:2]
+    region = canvas[y : y + h, x : x + w]
+    a = fg_rgba[..., 3:4].astype(np.uint16)
+    blended = fg_rgba[..., :3].astype(np.uint16) * a + region.astype(np.uint16) * (255 - a)
+    region[...] = ((blended + 127) // 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- depth convention
+
+DEPTH_NEAR_M = 1.0  # metric depth mapped to 65535 (nearer is clipped)
+DEPTH_FAR_M = 200.0  # metric depth mapped to 0; sky and anything farther
+DEPTH_CONVENTION = (
+    "16-bit PNG of normalised inverse depth, near = bright: "
+    f"v = 65535 * (1/d - 1/{DEPTH_FAR_M:g}) / (1/{DEPTH_NEAR_M:g} - 1/{DEPTH_FAR_M:g}), "
+    f"d = z-depth in metres clipped to [{DEPTH_NEAR_M:g}, {DEPTH_FAR_M:g}]"
+)
+
+
+DEPTH_CONVENTION_SHORT = f"inverse depth u16, near=bright, {DEPTH_NEAR_M:g}-{DEPTH_FAR_M:g} m"
+
+
+def metric_to_inverse_u16(depth_m: np.ndarray) -> np.ndarray:
+    """Metric z-depth → the project's 16-bit inverse-depth encoding (fixed range, comparable)."""
+    d = np.clip(depth_m.astype(np.float64), DEPTH_NEAR_M, DEPTH_FAR_M)
+    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
+    return np.round((1.0 / d - lo) / (hi - lo) * 65535.0).astype(np.uint16)
+
+
+def inverse_u16_to_metric(v: np.ndarray) -> np.ndarray:
+    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
+    return 1.0 / (v.astype(np.float64) / 65535.0 * (hi - lo) + lo)
+
+
+# ---------------------------------------------------------------- contact sheets
+
+
+def depth_to_colour(depth_u16: np.ndarray) -> np.ndarray:
+    """A 16-bit depth map as an RGB picture, stretched per image so near/far read at a glance."""
+    d = depth_u16.astype(np.float32)
+    lo, hi = float(d.min()), float(d.max())
+    gray = ((d - lo) / max(hi - lo, 1.0) * 255).astype(np.uint8)
+    return cv2.applyColorMap(gray, cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def contact_sheet(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Tile rows of same-size images (RGB, gray uint8 or depth uint16) into one RGB picture."""
+
+    def rgb(img: np.ndarray) -> np.ndarray:
+        if img.dtype == np.uint16:
+            return depth_to_colour(img)
+        return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
+
+    h, w = rows[0][0].shape[:2]
+    ncols = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (h + gap) - gap, ncols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            sheet[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = rgb(img)
+    return sheet

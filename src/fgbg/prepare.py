@@ -1,0 +1,183 @@
+"""`prepare` stage: validate every raw file and normalise what is usable.
+
+bg → RGB `image_size`² (cover-resize + centre crop), with its depth map when one is provided;
+fg → RGBA trimmed to its alpha box, longest side `fg_size`, plus its mask. Each rejected file gets
+one line naming it and the reason; `report.json` lists every file accepted or rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from fgbg.config import PrepareParams
+from fgbg.images import (
+    IMAGE_SUFFIXES,
+    BadImage,
+    alpha_bbox,
+    atomic_write_bytes,
+    encode_png,
+    load_raw_image,
+    mask_from_alpha,
+    resize_cover_crop,
+    resize_rgba,
+)
+
+REPORT = "report.json"
+
+
+class PrepareFailed(RuntimeError):
+    """Raised in strict mode when any file was rejected (after the report is written)."""
+
+
+@dataclass
+class Rejection:
+    file: str
+    reason: str
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[Rejection]]:
+    """Image files in `folder` (sorted by name), plus rejections for entries that are not."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: raw image folder not found")
+    files, rejected = [], []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith("."):
+            continue
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            rejected.append(Rejection(str(p), f"not an image file extension ({p.suffix or 'none'})"))
+        elif not p.is_file():
+            rejected.append(Rejection(str(p), "not a regular file"))
+        else:
+            files.append(p)
+    return files, rejected
+
+
+def prepare_bg(path: Path, params: PrepareParams, depth_dir: Path | None):
+    """One bg → (RGB image_size², depth uint16 or None, notes); BadImage if unusable."""
+    raw = load_raw_image(path, **_limits(params))
+    rgb = raw.pixels[..., :3]
+    depth = None
+    if depth_dir is not None:
+        depth = _load_bg_depth(depth_dir / (path.stem + ".png"), rgb.shape[:2])
+        depth = resize_cover_crop(depth, params.image_size)
+    return resize_cover_crop(rgb, params.image_size), depth, raw.notes
+
+
+def _load_bg_depth(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    if not path.is_file():
+        raise BadImage(f"no depth map {path}")
+    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if depth is None:
+        raise BadImage(f"depth map {path} is not a decodable image")
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise BadImage(f"depth map {path} must be a 16-bit single-channel PNG")
+    if depth.shape != shape:
+        got, want = depth.shape, shape
+        raise BadImage(f"depth map {path} is {got[1]}x{got[0]}, image is {want[1]}x{want[0]}")
+    return depth
+
+
+def prepare_fg(path: Path, params: PrepareParams):
+    """One fg → (RGBA trimmed to its alpha box, longest side fg_size; notes); BadImage if unusable."""
+    raw = load_raw_image(path, **_limits(params))
+    if not raw.has_alpha:
+        raise BadImage("foreground has no alpha channel (needs a transparent background)")
+    rgba = raw.pixels
+    box = alpha_bbox(rgba[..., 3] >= 8)
+    if box is None or not mask_from_alpha(rgba[..., 3]).any():
+        raise BadImage("foreground is fully transparent")
+    x0, y0, x1, y1 = box
+    rgba = rgba[y0:y1, x0:x1]
+    h, w = rgba.shape[:2]
+    scale = params.fg_size / max(h, w)
+    rgba = resize_rgba(rgba, max(1, round(w * scale)), max(1, round(h * scale)))
+    if not mask_from_alpha(rgba[..., 3]).any():
+        raise BadImage(f"object vanishes at fg_size {params.fg_size} (too thin)")
+    return rgba, raw.notes
+
+
+def _limits(params: PrepareParams) -> dict:
+    return {
+        "min_side": params.min_side,
+        "max_pixels": params.max_pixels,
+        "max_aspect": params.max_aspect,
+    }
+
+
+def run_prepare(params: PrepareParams, out_dir: Path, log=print) -> dict:
+    """Validate and normalise the raw folders into `out_dir`; return the report."""
+    out_dir = Path(out_dir)
+    Image.MAX_IMAGE_PIXELS = params.max_pixels
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a clean slate: nothing stale survives a rerun
+    raw = Path(params.raw_dir)
+    depth_dir = raw / "bg_depth" if (raw / "bg_depth").is_dir() else None
+    report: dict = {"params": params.model_dump(), "bg": [], "fg": [], "rejected": []}
+
+    def reject(kind: str, file: str, reason: str) -> None:
+        report["rejected"].append({"kind": kind, "file": file, "reason": reason})
+        log(f"rejected {kind} {file}: {reason}", file=sys.stderr)
+
+    for kind, folder in (("bg", raw / "bg"), ("fg", raw / "fg")):
+        files, bad = list_images(folder)
+        for r in bad:
+            reject(kind, r.file, r.reason)
+        seen: dict[str, str] = {}
+        for path in files:
+            name = path.name.lower()
+            if name in seen:
+                reject(kind, str(path), f"same name as {seen[name]} apart from letter case")
+                continue
+            seen[name] = str(path)
+            item_id = f"{kind}{len(report[kind]):04d}"
+            try:
+                if kind == "bg":
+                    rgb, depth, notes = prepare_bg(path, params, depth_dir)
+                    atomic_write_bytes(out_dir / "bg" / f"{item_id}.png", encode_png(rgb, 3))
+                    if depth is not None:
+                        depth_png = encode_png(depth, 3)
+                        atomic_write_bytes(out_dir / "bg_depth" / f"{item_id}.png", depth_png)
+                else:
+                    rgba, notes = prepare_fg(path, params)
+                    atomic_write_bytes(out_dir / "fg" / f"{item_id}.png", encode_png(rgba, 3))
+                    mask_png = encode_png(mask_from_alpha(rgba[..., 3]), 3)
+                    atomic_write_bytes(out_dir / "fg_mask" / f"{item_id}.png", mask_png)
+            except BadImage as e:
+                reject(kind, str(path), str(e))
+                continue
+            for note in notes:
+                log(f"note {kind} {path}: {note}", file=sys.stderr)
+            report[kind].append({"id": item_id, "source": path.name, "notes": notes})
+    report["has_bg_depth"] = depth_dir is not None
+    report["counts"] = {k: len(report[k]) for k in ("bg", "fg", "rejected")}
+    atomic_write_bytes(out_dir / REPORT, json.dumps(report, indent=1).encode() + b"\n")
+    log(
+        f"prepared {len(report['bg'])} bg, {len(report['fg'])} fg; "
+        f"rejected {len(report['rejected'])} (see {out_dir / REPORT})",
+        file=sys.stderr,
+    )
+    if params.strict and report["rejected"]:
+        raise PrepareFailed(
+            f"{len(report['rejected'])} raw file(s) rejected and prepare.strict is true; "
+            f"see {out_dir / REPORT}"
+        )
+    if not report["bg"] or not report["fg"]:
+        raise PrepareFailed(f"no usable {'bg' if not report['bg'] else 'fg'} images; see {out_dir / REPORT}")
+    return report
+
+
+def load_report(prepared_dir: Path) -> dict:
+    path = Path(prepared_dir) / REPORT
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; run `fgbg prepare` first") from None

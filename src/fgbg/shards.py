@@ -1,0 +1,253 @@
+"""WebDataset-style tar shards: deterministic writer, streaming reader, resumable parallel builds.
+
+A shard holds a few thousand samples; each sample's files share a key (`bg0001_fg0002_f0_p03.jpg`,
+`….mask.png`, `….json`), so `tar tf` and the `webdataset` library read them as they are. Tar
+headers carry no time, user or host, so the same samples give the same bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from fgbg.images import atomic_write_bytes, remove_stale_temps
+
+MANIFEST = "shards.json"
+JOURNAL = ".journal.jsonl"
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+class ShardWriter:
+    """Streams samples into `<path>.tmp`, hashing as it goes; `commit()` renames it into place."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+        self.samples = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._sha.update(data)
+        self.bytes += len(data)
+
+    def add(self, key: str, files: dict[str, bytes]) -> None:
+        """Add one sample: `files` maps extension (`jpg`, `mask.png`) to its bytes."""
+        for ext, data in files.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            self._write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+            self._write(data)
+            pad = -len(data) % _BLOCK
+            if pad:
+                self._write(b"\0" * pad)
+        self.samples += 1
+
+    def commit(self) -> ShardRecord:
+        end = 2 * _BLOCK
+        end += -(self.bytes + end) % _RECORD  # pad the archive to whole records, as tar does
+        self._write(b"\0" * end)
+        self._file.close()
+        os.replace(self._tmp, self.path)
+        return ShardRecord(self.path.name, self.samples, self.bytes, self._sha.hexdigest())
+
+    def abort(self) -> None:
+        self._file.close()
+        Path(self._tmp).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """What a finished shard must be: used to verify it before it is read or reused."""
+
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+def iter_shard(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield (key, {extension: bytes}) for each sample, streaming the tar in order."""
+    key: str | None = None
+    files: dict[str, bytes] = {}
+    with tarfile.open(path, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = member.name.rsplit("/", 1)[-1]
+            k, _, ext = base.partition(".")
+            if k != key and key is not None:
+                yield key, files
+                files = {}
+            key = k
+            data = tar.extractfile(member)
+            files[ext] = data.read() if data else b""
+    if key is not None:
+        yield key, files
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_shard(path: Path, record: ShardRecord) -> bool:
+    """True when the file on disk is exactly the shard the record describes."""
+    try:
+        return path.stat().st_size == record.bytes and file_sha256(path) == record.sha256
+    except FileNotFoundError:
+        return False
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / MANIFEST).read_text())
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to build: its path relative to the output folder and the worker's input."""
+
+    name: str
+    payload: Any
+
+
+def build_shards(
+    out_dir: Path,
+    tasks: Sequence[ShardTask],
+    fill: Callable[[ShardWriter, Any], None],
+    *,
+    fingerprint: str,
+    jobs: int,
+    init: Callable[..., None] | None = None,
+    init_args: tuple = (),
+    desc: str = "shards",
+    keep: Sequence[str] = (),
+) -> dict[str, ShardRecord]:
+    """Build every task's shard in `out_dir` with `jobs` processes; reuse verified ones.
+
+    `fill(writer, payload)` writes one shard's samples. Finished shards are journalled with the
+    stage's `fingerprint` (params + inputs), so a killed run resumes where it stopped and a
+    changed run rebuilds. Files in `out_dir` that are neither a task nor in `keep` are removed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
+    reusable = _reusable_records(out_dir, fingerprint)
+    wanted = {t.name for t in tasks}
+    for f in sorted(out_dir.rglob("*")):
+        rel = f.relative_to(out_dir).as_posix()
+        if f.is_file() and rel not in wanted and rel not in keep and rel != JOURNAL:
+            f.unlink()
+    done: dict[str, ShardRecord] = {}
+    todo = []
+    for t in tasks:
+        rec = reusable.get(t.name)
+        if rec is not None and verify_shard(out_dir / t.name, rec):
+            done[t.name] = rec
+        else:
+            (out_dir / t.name).unlink(missing_ok=True)
+            todo.append(t)
+    journal = open(out_dir / JOURNAL, "a")
+    bar = tqdm(total=len(tasks), initial=len(done), desc=desc, unit="shard", dynamic_ncols=True)
+
+    def finished(name: str, rec: ShardRecord) -> None:
+        done[name] = rec
+        journal.write(json.dumps({"fingerprint": fingerprint, "path": name, **asdict(rec)}) + "\n")
+        journal.flush()
+        bar.update(1)
+
+    try:
+        if jobs <= 1 or len(todo) <= 1:
+            if init:
+                init(*init_args)
+            for t in todo:
+                finished(t.name, _build_one(out_dir, t, fill))
+        else:
+            ctx = get_context("fork")
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=init, initargs=init_args) as ex:
+                futures = {ex.submit(_build_one, out_dir, t, fill): t.name for t in todo}
+                for fut in as_completed(futures):
+                    finished(futures[fut], fut.result())
+    finally:
+        bar.close()
+        journal.close()
+    return {name: done[name] for name in sorted(done)}
+
+
+def _build_one(out_dir: Path, task: ShardTask, fill: Callable[[ShardWriter, Any], None]):
+    writer = ShardWriter(out_dir / task.name)
+    try:
+        fill(writer, task.payload)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, ShardRecord]:
+    """Shard records from a finished manifest or a killed run's journal with the same inputs."""
+    records: dict[str, ShardRecord] = {}
+    try:
+        manifest = read_manifest(out_dir)
+        if manifest.get("fingerprint") == fingerprint:
+            for path, rec in manifest["shards"].items():
+                records[path] = ShardRecord(**rec)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    journal = out_dir / JOURNAL
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+                if entry.pop("fingerprint") == fingerprint:
+                    records[entry.pop("path")] = ShardRecord(**entry)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+    return records
+
+
+def write_manifest(out_dir: Path, fingerprint: str, records: dict[str, ShardRecord]) -> None:
+    """The finished stage's shard list (sizes + checksums); the journal is no longer needed."""
+    manifest = {
+        "fingerprint": fingerprint,
+        "samples": sum(r.samples for r in records.values()),
+        "shards": {path: asdict(r) for path, r in sorted(records.items())},
+    }
+    atomic_write_bytes(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
+    (Path(out_dir) / JOURNAL).unlink(missing_ok=True)
+
+
+def fingerprint_of(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (params, input checksums)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Hash of every file's relative path and bytes in a (small) folder, e.g. the prepared set."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode() + b"\0")
+            h.update(file_sha256(f).encode())
+    return h.hexdigest()[:16]
