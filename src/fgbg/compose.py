@@ -18,6 +18,7 @@ import numpy as np
 from fgbg.config import ComposeParams, SplitParams, resolve_jobs
 from fgbg.images import (
     alpha_blend_into,
+    blend_premultiplied,
     atomic_write_bytes,
     contact_sheet,
     decode,
@@ -25,6 +26,7 @@ from fgbg.images import (
     encode_mask_png,
     encode_png,
     mask_from_alpha,
+    premultiply,
     read_image,
     resize_rgba,
 )
@@ -204,23 +206,29 @@ _STATE: dict = {}
 
 
 def _init_worker(prepared_dir: str, split: SplitParams, jpeg_quality: int) -> None:
-    _STATE["ps"] = PreparedSet(Path(prepared_dir), split)
-    _STATE["quality"] = jpeg_quality
+    ps = PreparedSet(Path(prepared_dir), split)
+    # workers keep BGR(A) so the JPEG encoder takes the canvas as it is (no channel-swap copy)
+    _STATE.update(ps=ps, quality=jpeg_quality, bg_bgr=[np.ascontiguousarray(b[..., ::-1]) for b in ps.bg])
     _variant.cache_clear()
 
 
 @lru_cache(maxsize=4096)
-def _variant(fg: int, flip: int, w: int, h: int) -> np.ndarray:
-    return fg_variant(_STATE["ps"].fg[fg], bool(flip), w, h)
+def _variant(fg: int, flip: int, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(premultiplied BGR, 255−alpha, mask) of one pasted fg form, computed once per worker."""
+    rgba = fg_variant(_STATE["ps"].fg[fg], bool(flip), w, h)
+    premult, inv_alpha = premultiply(rgba[..., [2, 1, 0, 3]])
+    return premult, inv_alpha, mask_from_alpha(rgba[..., 3])
 
 
 def _fill_shard(writer: ShardWriter, rows: np.ndarray) -> None:
     ps: PreparedSet = _STATE["ps"]
     quality = _STATE["quality"]
-    for r in rows.tolist():
-        split, bg, fg, flip, pos, x, y, w, h = r
-        fg_bg, mask = compose_one(ps.bg[bg], _variant(fg, flip, w, h), x, y)
-        key = sample_key(ps.bg_ids[bg], ps.fg_ids[fg], flip, pos)
+    for split, bg, fg, flip, pos, x, y, w, h in rows.tolist():
+        premult, inv_alpha, fg_mask = _variant(fg, flip, w, h)
+        fg_bg = _STATE["bg_bgr"][bg].copy()
+        blend_premultiplied(fg_bg, premult, inv_alpha, x, y)
+        mask = np.zeros(fg_bg.shape[:2], np.uint8)
+        mask[y : y + h, x : x + w] = fg_mask
         meta = {
             "bg": ps.bg_ids[bg],
             "fg": ps.fg_ids[fg],
@@ -230,9 +238,9 @@ def _fill_shard(writer: ShardWriter, rows: np.ndarray) -> None:
             "split": SPLITS[split],
         }
         writer.add(
-            key,
+            sample_key(ps.bg_ids[bg], ps.fg_ids[fg], flip, pos),
             {
-                "jpg": encode_jpeg(fg_bg, quality),
+                "jpg": encode_jpeg(fg_bg, quality, bgr=True),
                 "mask.png": encode_mask_png(mask),
                 "json": json.dumps(meta, separators=(",", ":")).encode(),
             },

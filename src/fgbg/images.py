@@ -56,8 +56,9 @@ def remove_stale_temps(folder: Path) -> None:
 # ---------------------------------------------------------------- encode / decode
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [_JPEG_FLAGS, quality])
+def encode_jpeg(img: np.ndarray, quality: int, *, bgr: bool = False) -> bytes:
+    """JPEG of an RGB image (or a BGR one, which skips a copy: hot loops keep BGR)."""
+    ok, buf = cv2.imencode(".jpg", img if bgr else img[..., ::-1], [_JPEG_FLAGS, quality])
     assert ok
     return buf.tobytes()
 
@@ -226,13 +227,31 @@ def mask_from_alpha(alpha: np.ndarray) -> np.ndarray:
     return np.where(alpha >= MASK_THRESHOLD, np.uint8(255), np.uint8(0))
 
 
-def alpha_blend_into(canvas: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> None:
-    """canvas[y:y+h, x:x+w] = a·fg + (1−a)·canvas, in exact integer arithmetic (rounded)."""
-    h, w = fg_rgba.shape[:2]
-    region = canvas[y : y + h, x : x + w]
+def premultiply(fg_rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(colour·a, 255−a) as uint16: the per-fg half of the blend, computed once and reused."""
     a = fg_rgba[..., 3:4].astype(np.uint16)
-    blended = fg_rgba[..., :3].astype(np.uint16) * a + region.astype(np.uint16) * (255 - a)
-    region[...] = ((blended + 127) // 255).astype(np.uint8)
+    return fg_rgba[..., :3].astype(np.uint16) * a, 255 - a
+
+
+def blend_premultiplied(canvas: np.ndarray, premult: np.ndarray, inv_alpha: np.ndarray, x: int, y: int):
+    """canvas[y:y+h, x:x+w] = round((fg·a + canvas·(255−a)) / 255), exact integer arithmetic.
+
+    (t + 128 + ((t + 128) >> 8)) >> 8 equals round(t / 255) for every t ≤ 255², without a division.
+    """
+    h, w = premult.shape[:2]
+    region = canvas[y : y + h, x : x + w]
+    t = region.astype(np.uint16)
+    t *= inv_alpha
+    t += premult
+    t += 128
+    t += t >> 8
+    t >>= 8
+    region[...] = t
+
+
+def alpha_blend_into(canvas: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> None:
+    """canvas[y:y+h, x:x+w] = a·fg + (1−a)·canvas, rounded to the nearest integer."""
+    blend_premultiplied(canvas, *premultiply(fg_rgba), x, y)
 
 
 # ---------------------------------------------------------------- depth convention

@@ -29,6 +29,28 @@ _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 
 
+_HEADER_TEMPLATE = bytearray(
+    tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")  # mode 644, uid 0, mtime 0
+)
+_HEADER_TEMPLATE[148:156] = b"        "
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte ustar header tarfile would write for a regular file (mtime 0, root, 0644).
+
+    Built from a template: tarfile's own header code cost ~0.1 ms per sample, a third of the
+    compose budget.
+    """
+    raw = name.encode()
+    if len(raw) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name}")
+    header = _HEADER_TEMPLATE.copy()
+    header[0:100] = raw.ljust(100, b"\0")
+    header[124:136] = b"%011o\0" % size
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
 class ShardWriter:
     """Streams samples into `<path>.tmp`, hashing as it goes; `commit()` renames it into place."""
 
@@ -49,11 +71,7 @@ class ShardWriter:
     def add(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: `files` maps extension (`jpg`, `mask.png`) to its bytes."""
         for ext, data in files.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            self._write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+            self._write(ustar_header(f"{key}.{ext}", len(data)))
             self._write(data)
             pad = -len(data) % _BLOCK
             if pad:

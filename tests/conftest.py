@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthetic raw set and the stages run on it (64 px, seconds on 2 CPUs)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fgbg.compose import run_compose
+from fgbg.config import ComposeParams, DepthParams, PrepareParams, SplitParams, SynthParams
+from fgbg.depth import run_depth
+from fgbg.prepare import run_prepare
+from fgbg.synth import run_synth
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_SYNTH = SynthParams(n_bg=6, n_fg=6, bg_size=64, fg_size=48)
+TINY_PREPARE = dict(image_size=64, fg_size=32)
+TINY_SPLIT = SplitParams(train=0.5, val=0.25, test=0.25)
+TINY_COMPOSE = ComposeParams(positions=3, shard_size=40, jobs=1, preview_samples=4)
+
+
+def quiet(*args, **kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    raw = tmp_path_factory.mktemp("raw")
+    run_synth(TINY_SYNTH, raw)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_raw, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    run_prepare(PrepareParams(raw_dir=str(tiny_raw), **TINY_PREPARE), out, log=quiet)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_composites(tiny_prepared, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("composites") / "composites"
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_depth(tiny_prepared, tiny_composites, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("depth") / "depth"
+    run_depth(DepthParams(jobs=1, preview_samples=4), tiny_prepared, tiny_composites, out)
+    return out
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

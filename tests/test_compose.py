@@ -1,0 +1,194 @@
+"""Compositing math, placement, splits, shards: what every sample of the dataset relies on."""
+
+from __future__ import annotations
+
+import collections
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import TINY_COMPOSE, TINY_SPLIT
+
+from fgbg.compose import (
+    PreparedSet,
+    assign_splits,
+    compose_one,
+    fg_variant,
+    fit_size,
+    grid_positions,
+    make_plan,
+    read_index,
+    run_compose,
+)
+from fgbg.images import decode, resize_rgba
+from fgbg.shards import file_sha256, iter_shard, read_manifest
+
+
+def random_rgba(rng, h, w):
+    rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    rgba[..., 3] = rng.choice([0, 40, 127, 128, 200, 255], (h, w))
+    return rgba
+
+
+def test_mask_matches_alpha_at_placement():
+    rng = np.random.default_rng(1)
+    bg = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
+    fg = random_rgba(rng, 20, 15)
+    x, y = 37, 11
+    fg_bg, mask = compose_one(bg, fg, x, y)
+
+    expected = np.zeros((50, 60), np.uint8)
+    expected[y : y + 20, x : x + 15] = np.where(fg[..., 3] >= 128, 255, 0)
+    np.testing.assert_array_equal(mask, expected)
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_blend_is_alpha_weighted_and_leaves_bg_outside_the_box():
+    rng = np.random.default_rng(2)
+    bg = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    fg = random_rgba(rng, 10, 12)
+    fg_bg, _ = compose_one(bg, fg, 5, 7)
+
+    a = fg[..., 3:4] / 255.0
+    want = a * fg[..., :3] + (1 - a) * bg[7:17, 5:17]
+    got = fg_bg[7:17, 5:17].astype(float)
+    assert np.abs(got - want).max() <= 0.5 + 1e-9  # exact blend, rounded to nearest
+    outside = np.ones((40, 40), bool)
+    outside[7:17, 5:17] = False
+    np.testing.assert_array_equal(fg_bg[outside], bg[outside])
+    # opaque pixels are the fg's own colour, transparent ones the bg's: no halo, no colour shift
+    np.testing.assert_array_equal(got[fg[..., 3] == 255], fg[..., :3][fg[..., 3] == 255])
+    np.testing.assert_array_equal(got[fg[..., 3] == 0], bg[7:17, 5:17][fg[..., 3] == 0])
+
+
+def test_flip_mirrors_the_fg_and_its_mask():
+    rng = np.random.default_rng(3)
+    fg = random_rgba(rng, 9, 13)
+    np.testing.assert_array_equal(fg_variant(fg, True, 13, 9), fg[:, ::-1])
+    np.testing.assert_array_equal(fg_variant(fg, False, 13, 9), fg)
+
+
+def test_grid_positions_equal_the_seed_formula():
+    W, H, w, h, cols, rows = 192, 192, 96, 80, 5, 4
+    pos = np.arange(cols * rows)
+    x, y = grid_positions(W, H, w, h, cols, rows, pos)
+    for p in pos:
+        col, row = p % cols, p // cols
+        assert x[p] == round(col * (W - w) / (cols - 1))
+        assert y[p] == round(row * (H - h) / (rows - 1))
+    assert x.min() == 0 and x.max() == W - w and y.min() == 0 and y.max() == H - h
+
+
+def test_oversize_fg_is_scaled_down_to_fit_keeping_aspect():
+    w, h = fit_size(np.array([300, 50, 100]), np.array([150, 400, 100]), 1.0, 192, 192)
+    assert list(zip(w.tolist(), h.tolist(), strict=True)) == [(192, 96), (24, 192), (100, 100)]
+
+
+def test_oversize_fg_is_placed_inside_the_bg(tiny_prepared, tmp_path):
+    ps = PreparedSet(tiny_prepared, TINY_SPLIT)
+    ps.fg = [resize_rgba(f, f.shape[1] * 4, f.shape[0] * 4) for f in ps.fg]  # larger than the bg
+    for placement in ("random", "grid"):
+        plan = make_plan(ps, TINY_COMPOSE.model_copy(update={"placement": placement}))
+        W, H = ps.bg_size
+        assert (plan["x"] >= 0).all() and (plan["x"] + plan["w"] <= W).all()
+        assert (plan["y"] >= 0).all() and (plan["y"] + plan["h"] <= H).all()
+        assert (np.maximum(plan["w"], plan["h"]) >= min(W, H) - 1).any()  # scaled to fit, not shrunk more
+
+
+def test_splits_are_by_identity_and_never_mixed(tiny_composites):
+    rows = read_index(tiny_composites)
+    split_of_bg, split_of_fg = collections.defaultdict(set), collections.defaultdict(set)
+    for r in rows:
+        split_of_bg[r["bg"]].add(r["split"])
+        split_of_fg[r["fg"]].add(r["split"])
+        assert r["shard"].startswith(r["split"] + "/")
+    assert all(len(s) == 1 for s in split_of_bg.values())
+    assert all(len(s) == 1 for s in split_of_fg.values())
+    for r in rows:
+        assert split_of_bg[r["bg"]] == split_of_fg[r["fg"]] == {r["split"]}
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+
+
+def test_split_assignment_uses_exact_ratios_and_names_not_order():
+    from fgbg.config import SplitParams
+
+    names = [f"img_{i}.png" for i in range(20)]
+    splits = assign_splits("bg", names, SplitParams())
+    assert collections.Counter(splits) == {"train": 16, "val": 2, "test": 2}
+    shuffled = names[::-1]
+    again = dict(zip(shuffled, assign_splits("bg", shuffled, SplitParams()), strict=True))
+    assert again == dict(zip(names, splits, strict=True))
+
+
+def test_every_planned_sample_is_in_the_shards_with_its_files(tiny_prepared, tiny_composites):
+    rows = read_index(tiny_composites)
+    ps = PreparedSet(tiny_prepared, TINY_SPLIT)
+    n_expected = 0
+    for split in ("train", "val", "test"):
+        nb = sum(s == split for s in ps.bg_split)
+        nf = sum(s == split for s in ps.fg_split)
+        n_expected += nb * nf * 2 * TINY_COMPOSE.positions
+    assert len(rows) == n_expected == read_manifest(tiny_composites)["samples"]
+    seen = {}
+    for shard in sorted({r["shard"] for r in rows}):
+        for key, files in iter_shard(tiny_composites / shard):
+            assert set(files) == {"jpg", "mask.png", "json"}
+            seen[key] = json.loads(files["json"])
+    assert set(seen) == {r["key"] for r in rows}
+    r = rows[0]
+    assert seen[r["key"]]["box"] == [int(r[k]) for k in ("x", "y", "w", "h")]
+
+
+def test_stored_mask_is_the_placed_fg_alpha(tiny_prepared, tiny_composites):
+    ps = PreparedSet(tiny_prepared, TINY_SPLIT)
+    row = read_index(tiny_composites)[5]
+    key, files = next(iter(dict(iter_shard(tiny_composites / row["shard"])).items()))
+    meta = json.loads(files["json"])
+    x, y, w, h = meta["box"]
+    fg = fg_variant(ps.fg[ps.fg_ids.index(meta["fg"])], bool(meta["flip"]), w, h)
+    _, mask = compose_one(ps.bg[ps.bg_ids.index(meta["bg"])], fg, x, y)
+    np.testing.assert_array_equal(decode(files["mask.png"]), mask)
+    assert key.startswith(f"{meta['bg']}_{meta['fg']}_f{meta['flip']}_p")
+
+
+def test_shards_are_plain_tar_readable_by_webdataset(tiny_composites):
+    shard = sorted((tiny_composites / "train").glob("shard-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
+    assert len(names) == 3 * len({n.split(".")[0] for n in names})
+    wds = pytest.importorskip("webdataset")
+    sample = next(iter(wds.WebDataset(str(shard), shardshuffle=False)))
+    assert {"__key__", "jpg", "mask.png", "json"} <= set(sample)
+
+
+def _shard_bytes(folder):
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_is_byte_identical_across_runs_and_job_counts(tiny_prepared, tiny_composites, tmp_path):
+    run_compose(TINY_COMPOSE.model_copy(update={"jobs": 2}), TINY_SPLIT, tiny_prepared, tmp_path / "c2")
+    assert _shard_bytes(tmp_path / "c2") == _shard_bytes(tiny_composites)
+
+
+def test_rerun_rebuilds_only_missing_or_corrupt_shards(tiny_prepared, tiny_composites, tmp_path):
+    out = tmp_path / "c"
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out)
+    shards = sorted(out.rglob("shard-*.tar"))
+    assert len(shards) >= 3
+    shards[0].unlink()  # lost
+    shards[1].write_bytes(shards[1].read_bytes()[:1000])  # cut short, e.g. by a full disk
+    untouched = shards[2].stat().st_mtime_ns
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out)
+    assert shards[2].stat().st_mtime_ns == untouched  # verified and reused, not rewritten
+    assert _shard_bytes(out) == _shard_bytes(tiny_composites)
+
+
+def test_changed_params_rebuild_and_remove_stale_shards(tiny_prepared, tmp_path):
+    out = tmp_path / "c"
+    run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 10}), TINY_SPLIT, tiny_prepared, out)
+    many = len(list(out.rglob("shard-*.tar")))
+    run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 1000}), TINY_SPLIT, tiny_prepared, out)
+    assert len(list(out.rglob("shard-*.tar"))) == 3 < many  # one per split, old ones gone
+    assert not list(out.rglob("*.tmp")) and not (out / ".journal.jsonl").exists()

@@ -1,0 +1,78 @@
+"""End to end: the real `dvc repro` on the tiny profile in a temporary git repo, then push,
+clone, pull — what a teammate does — and the pulled data must equal what was built."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def env(tmp_path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        **os.environ,
+        "HOME": str(home),  # never touch the user's git/dvc config
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def test_dvc_repro_push_clone_pull_gives_identical_data(tmp_path, env):
+    repo, remote, clone = tmp_path / "repo", tmp_path / "remote", tmp_path / "clone"
+    repo.mkdir()
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / "presets" / "tiny.yaml", repo / "params.yaml")
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    run(["git", "init", "-q", "-b", "main"], repo, env)
+    run(["dvc", "init", "-q"], repo, env)
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], repo, env)
+
+    out = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'stats'" in out
+    assert "up to date" in run(["dvc", "repro"], repo, env)
+    metrics = run(["dvc", "metrics", "show"], repo, env)
+    assert "fg_bg.mean.r" in metrics and "depth.mean" in metrics
+
+    built = tree_hashes(repo / "data")
+    assert any(k.startswith("composites/train/shard-") for k in built)
+    assert "depth/preview.png" in built and "stats.json" in built
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "tiny pipeline"], repo, env)
+    run(["dvc", "push"], repo, env)
+
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    run(["dvc", "pull"], clone, env)
+    assert tree_hashes(clone / "data") == built
+    status = run(["dvc", "status"], clone, env)
+    assert "up to date" in status, status

@@ -1,0 +1,177 @@
+"""prepare: every kind of bad raw file gets one line naming it; everything else is processed."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import quiet
+from PIL import Image
+
+from fgbg.config import PrepareParams
+from fgbg.images import read_image
+from fgbg.prepare import PrepareFailed, prepare_bg, run_prepare
+
+
+def png_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def photo(w=80, h=60, mode="RGB") -> Image.Image:
+    rng = np.random.default_rng(w * h)
+    arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+def sprite(w=40, h=50, alpha_value=255) -> Image.Image:
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = (200, 80, 30)
+    rgba[10:40, 8:30, 3] = alpha_value
+    return Image.fromarray(rgba, "RGBA")
+
+
+def bomb_png(w=30000, h=30000) -> bytes:
+    """A valid PNG header declaring a huge image (the pixel data never needs to exist)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# name -> (folder, bytes, expected: None = accepted, else a fragment of the reason)
+def corpus() -> dict[str, tuple[str, bytes, str | None]]:
+    good_jpeg = jpeg_bytes(photo())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    indices = np.zeros((50, 40), np.uint8)
+    indices[10:40, 8:30] = 1
+    palette = Image.fromarray(indices, "P")
+    palette.putpalette([0, 0, 0, 200, 80, 30] + [0] * 762)
+    palette_bytes = png_bytes(palette, transparency=0)  # index 0 is transparent
+    gray16 = Image.fromarray((np.arange(80 * 60).reshape(60, 80) * 13 % 65535).astype(np.uint16))
+    return {
+        "bg/good.jpg": ("bg", good_jpeg, None),
+        "bg/truncated.jpg": ("bg", good_jpeg[: len(good_jpeg) // 2], "truncated"),
+        "bg/truncated.png": ("bg", png_bytes(photo())[:300], "truncated"),
+        "bg/empty.jpg": ("bg", b"", "empty file"),
+        "bg/notes.jpg": ("bg", b"shopping list: milk, eggs\n", "not an image"),
+        "bg/page.png": ("bg", b"<!doctype html><html><body>404</body></html>", "not an image"),
+        "bg/tiny.png": ("bg", png_bytes(photo(1, 1)), "too small"),
+        "bg/bomb.png": ("bg", bomb_png(), "too large"),
+        "bg/strip.png": ("bg", png_bytes(photo(400, 20)), "aspect ratio"),
+        "bg/readme.txt": ("bg", b"not a picture", "extension"),
+        "bg/gray.jpg": ("bg", jpeg_bytes(photo(mode="L")), None),
+        "bg/cmyk.jpg": ("bg", jpeg_bytes(photo(mode="CMYK")), None),
+        "bg/deep.png": ("bg", png_bytes(gray16), None),
+        "bg/rotated.jpg": ("bg", jpeg_bytes(photo(), exif=exif.tobytes()), None),
+        "fg/Cat.png": ("fg", png_bytes(sprite()), None),
+        "fg/cat.png": ("fg", png_bytes(sprite()), "letter case"),  # sorted after Cat.png
+        "fg/palette.png": ("fg", palette_bytes, None),
+        "fg/no_alpha.png": ("fg", png_bytes(photo()), "no alpha"),
+        "fg/no_alpha.jpg": ("fg", good_jpeg, "no alpha"),
+        "fg/invisible.png": ("fg", png_bytes(sprite(alpha_value=0)), "fully transparent"),
+        "fg/faint.png": ("fg", png_bytes(sprite(alpha_value=60)), "fully transparent"),
+    }
+
+
+@pytest.fixture
+def bad_raw(tmp_path) -> Path:
+    raw = tmp_path / "raw"
+    for rel, (_, data, _) in corpus().items():
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes(data)
+    return raw
+
+
+def test_each_bad_file_is_rejected_with_its_reason_and_the_rest_is_processed(bad_raw, tmp_path):
+    report = run_prepare(PrepareParams(raw_dir=str(bad_raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
+    rejected = {Path(r["file"]).relative_to(bad_raw).as_posix(): r["reason"] for r in report["rejected"]}
+    accepted = {f"{k}/{e['source']}" for k in ("bg", "fg") for e in report[k]}
+    for rel, (_, _, expected) in corpus().items():
+        if expected is None:
+            assert rel in accepted, rel
+        else:
+            assert expected in rejected[rel], (rel, rejected.get(rel))
+    assert len(accepted) + len(rejected) == len(corpus())
+    for kind in ("bg", "fg"):
+        for e in report[kind]:
+            img = read_image(tmp_path / "p" / kind / f"{e['id']}.png")
+            assert img.shape[2] == (3 if kind == "bg" else 4) and img.dtype == np.uint8
+
+
+def test_converted_files_are_noted_and_upright(bad_raw, tmp_path):
+    report = run_prepare(PrepareParams(raw_dir=str(bad_raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
+    notes = {e["source"]: " ".join(e["notes"]) for e in report["bg"] + report["fg"]}
+    assert "CMYK" in notes["cmyk.jpg"] and "from L" in notes["gray.jpg"]
+    assert "16" in notes["deep.png"] and "EXIF" in notes["rotated.jpg"] and "from P" in notes["palette.png"]
+    assert notes["good.jpg"] == ""
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:20] = (255, 0, 0)  # top half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rot.jpg"
+    path.write_bytes(jpeg_bytes(Image.fromarray(arr), exif=exif.tobytes()))
+    rgb, _, notes = prepare_bg(path, PrepareParams(image_size=40), None)
+    assert notes == ["rotated upright (EXIF orientation 6)"]
+    # viewed upright (rotated 90° clockwise) the red half is on the right
+    assert rgb[:, 30:, 0].mean() > 200 and rgb[:, :10, 0].mean() < 50
+
+
+def test_bg_depth_of_the_wrong_size_rejects_that_bg(tiny_raw, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    victim = sorted((raw / "bg_depth").iterdir())[0]
+    victim.write_bytes(png_bytes(Image.fromarray(np.zeros((10, 12), np.uint16))))
+    report = run_prepare(PrepareParams(raw_dir=str(raw), image_size=64, fg_size=32), tmp_path / "p", log=quiet)
+    assert [Path(r["file"]).name for r in report["rejected"]] == [victim.name]
+    assert "12x10" in report["rejected"][0]["reason"]
+    assert len(report["bg"]) == len(list((raw / "bg").iterdir())) - 1
+
+
+def test_strict_mode_fails_after_writing_the_report(bad_raw, tmp_path):
+    with pytest.raises(PrepareFailed, match="rejected"):
+        run_prepare(PrepareParams(raw_dir=str(bad_raw), strict=True), tmp_path / "p", log=quiet)
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["rejected"]
+
+
+def run_cli(*args, cwd):
+    cmd = [sys.executable, "-m", "fgbg.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_one_line_per_bad_file_and_no_traceback(bad_raw, tmp_path):
+    (tmp_path / "params.yaml").write_text(f"prepare:\n  raw_dir: {bad_raw}\n  image_size: 32\n  fg_size: 24\n")
+    res = run_cli("prepare", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("rejected ")]
+    bad = [rel for rel, (_, _, why) in corpus().items() if why]
+    assert len(lines) == len(bad)
+    for rel in bad:
+        assert sum(str(bad_raw / rel) in ln for ln in lines) == 1, rel
+
+    (tmp_path / "params.yaml").write_text(f"prepare:\n  raw_dir: {bad_raw}\n  strict: true\n")
+    res = run_cli("prepare", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")
