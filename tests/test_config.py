@@ -49,7 +49,11 @@ def test_shipped_params_and_presets_are_valid(name):
 def test_cli_reports_bad_params_in_one_line_before_any_work(tmp_path):
     (tmp_path / "params.yaml").write_text("compose:\n  jpeg_quality: 101\n")
     res = subprocess.run(
-        [sys.executable, "-m", "fgbg.cli", "compose"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fgbg.cli", "compose"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "compose.jpeg_quality" in res.stderr

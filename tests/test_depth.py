@@ -48,9 +48,7 @@ def test_depth_encoding_is_inverse_near_bright_and_round_trips():
     np.testing.assert_allclose(inverse_u16_to_metric(v[2:4]), [2.0, 10.0], rtol=1e-3)
 
 
-def test_depth_shards_are_keyed_like_the_composites_and_match_the_masks(
-    tiny_prepared, tiny_composites, tiny_depth
-):
+def test_depth_shards_are_keyed_like_the_composites_and_match_the_masks(tiny_prepared, tiny_composites, tiny_depth):
     comp, dep = read_manifest(tiny_composites), read_manifest(tiny_depth)
     assert list(comp["shards"]) == list(dep["shards"]) and comp["samples"] == dep["samples"]
     ps = PreparedSet(tiny_prepared, depth=True)

@@ -92,33 +92,52 @@ def corpus() -> dict[str, tuple[str, bytes, str | None]]:
     }
 
 
-@pytest.fixture
-def bad_raw(tmp_path) -> Path:
-    raw = tmp_path / "raw"
+def write_corpus(raw: Path) -> Path:
     for rel, (_, data, _) in corpus().items():
         (raw / rel).parent.mkdir(parents=True, exist_ok=True)
         (raw / rel).write_bytes(data)
     return raw
 
 
-def test_each_bad_file_is_rejected_with_its_reason_and_the_rest_is_processed(bad_raw, tmp_path):
-    report = run_prepare(PrepareParams(raw_dir=str(bad_raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
-    rejected = {Path(r["file"]).relative_to(bad_raw).as_posix(): r["reason"] for r in report["rejected"]}
+@pytest.fixture
+def bad_raw(tmp_path) -> Path:
+    return write_corpus(tmp_path / "raw")
+
+
+@pytest.fixture(scope="module")
+def corpus_report(tmp_path_factory) -> tuple[Path, dict]:
+    """The whole corpus through prepare once; each test below checks one file's fate."""
+    tmp = tmp_path_factory.mktemp("corpus")
+    raw = write_corpus(tmp / "raw")
+    report = run_prepare(PrepareParams(raw_dir=str(raw), image_size=32, fg_size=24), tmp / "p", log=quiet)
+    return raw, report
+
+
+@pytest.mark.parametrize("rel", list(corpus()))
+def test_each_raw_file_is_processed_or_rejected_with_its_reason(corpus_report, rel):
+    raw, report = corpus_report
+    expected = corpus()[rel][2]
+    rejected = {Path(r["file"]).relative_to(raw).as_posix(): r["reason"] for r in report["rejected"]}
     accepted = {f"{k}/{e['source']}" for k in ("bg", "fg") for e in report[k]}
-    for rel, (_, _, expected) in corpus().items():
-        if expected is None:
-            assert rel in accepted, rel
-        else:
-            assert expected in rejected[rel], (rel, rejected.get(rel))
-    assert len(accepted) + len(rejected) == len(corpus())
-    for kind in ("bg", "fg"):
+    if expected is None:
+        assert rel in accepted and rel not in rejected
+    else:
+        assert rel not in accepted and expected in rejected[rel], rejected.get(rel)
+        assert "\n" not in rejected[rel]  # one line
+
+
+def test_every_accepted_file_is_written_in_the_project_format(corpus_report):
+    raw, report = corpus_report
+    assert report["counts"]["bg"] + report["counts"]["fg"] + report["counts"]["rejected"] == len(corpus())
+    prepared = Path(report["params"]["raw_dir"]).parent / "p"
+    for kind, channels, side in (("bg", 3, 32), ("fg", 4, 24)):
         for e in report[kind]:
-            img = read_image(tmp_path / "p" / kind / f"{e['id']}.png")
-            assert img.shape[2] == (3 if kind == "bg" else 4) and img.dtype == np.uint8
+            img = read_image(prepared / kind / f"{e['id']}.png")
+            assert img.shape[2] == channels and img.dtype == np.uint8 and max(img.shape[:2]) == side
 
 
-def test_converted_files_are_noted_and_upright(bad_raw, tmp_path):
-    report = run_prepare(PrepareParams(raw_dir=str(bad_raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
+def test_converted_files_are_noted(corpus_report):
+    _, report = corpus_report
     notes = {e["source"]: " ".join(e["notes"]) for e in report["bg"] + report["fg"]}
     assert "CMYK" in notes["cmyk.jpg"] and "from L" in notes["gray.jpg"]
     assert "16" in notes["deep.png"] and "EXIF" in notes["rotated.jpg"] and "from P" in notes["palette.png"]

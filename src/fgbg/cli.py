@@ -27,9 +27,7 @@ DEPTH = Path("data/depth")
 STATS = Path("data/stats.json")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.")]
-JobsOpt = Annotated[
-    int | None, typer.Option("--jobs", "-j", help="Worker processes (default: the param; 0 = cores).")
-]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: the param; 0 = cores).")]
 
 
 def _one_line_errors(fn):
@@ -94,9 +92,7 @@ def compose(
     p = _params(params)
     cfg = p.compose if jobs is None else p.compose.model_copy(update={"jobs": jobs})
     manifest = run_compose(cfg, p.split, prepared, out)
-    typer.echo(
-        f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True
-    )
+    typer.echo(f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True)
 
 
 @app.command()

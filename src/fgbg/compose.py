@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import numpy as np
 from fgbg.config import ComposeParams, SplitParams, resolve_jobs
 from fgbg.images import (
     alpha_blend_into,
-    blend_premultiplied,
     atomic_write_bytes,
+    blend_premultiplied,
     contact_sheet,
     decode,
     encode_jpeg,
@@ -139,9 +140,7 @@ class PreparedSet:
         self.bg_depth = None
         if depth:
             if not report.get("has_bg_depth"):
-                raise FileNotFoundError(
-                    f"{self.dir}: prepared set has no bg depth (add bg_depth/ to prepare.raw_dir)"
-                )
+                raise FileNotFoundError(f"{self.dir}: prepared set has no bg depth (add bg_depth/ to prepare.raw_dir)")
             self.bg_depth = [read_image(self.dir / "bg_depth" / f"{i}.png") for i in self.bg_ids]
         if split is not None:
             self.bg_split = assign_splits("bg", self.bg_sources, split)
@@ -169,9 +168,7 @@ def make_plan(ps: PreparedSet, params: ComposeParams) -> np.ndarray:
         if not bgs or not fgs:
             continue
         rng = np.random.default_rng([params.seed, s_index])
-        b, f, fl, p = (
-            a.ravel() for a in np.meshgrid(bgs, fgs, flips, range(params.n_positions), indexing="ij")
-        )
+        b, f, fl, p = (a.ravel() for a in np.meshgrid(bgs, fgs, flips, range(params.n_positions), indexing="ij"))
         scale = 1.0
         if params.scale_jitter:
             scale = rng.uniform(1 - params.scale_jitter, 1 + params.scale_jitter, b.size)
@@ -311,9 +308,14 @@ def _write_index(out_dir: Path, ps: PreparedSet, tasks: list[ShardTask]) -> None
     atomic_write_bytes(out_dir / INDEX, buf.getvalue().encode())
 
 
-def read_index(composites_dir: Path) -> list[dict]:
+def iter_index(composites_dir: Path) -> Iterator[dict]:
+    """Stream index.csv rows (400k rows at seed scale: never hold them all as dicts)."""
     with open(Path(composites_dir) / INDEX, newline="") as f:
-        return list(csv.DictReader(f))
+        yield from csv.DictReader(f)
+
+
+def read_index(composites_dir: Path) -> list[dict]:
+    return list(iter_index(composites_dir))
 
 
 def preview_samples(out_dir: Path, shard_names: list[str], n: int):

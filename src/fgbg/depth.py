@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fgbg.compose import PREVIEW, PreparedSet, fg_variant, preview_samples, read_index
+from fgbg.compose import PREVIEW, PreparedSet, fg_variant, iter_index, preview_samples, sample_key
 from fgbg.config import DepthParams, resolve_jobs
 from fgbg.images import (
     DEPTH_CONVENTION,
@@ -85,9 +85,11 @@ def _mask(fg: int, flip: int, w: int, h: int) -> np.ndarray:
     return fg_variant(_STATE["ps"].fg[fg], bool(flip), w, h)[..., 3] >= MASK_THRESHOLD
 
 
-def _fill_shard(writer: ShardWriter, rows: list[tuple]) -> None:
-    for key, bg, fg, flip, x, y, w, h in rows:
-        b, f = _STATE["bg_index"][bg], _STATE["fg_index"][fg]
+def _fill_shard(writer: ShardWriter, rows: np.ndarray) -> None:
+    ps: PreparedSet = _STATE["ps"]
+    for bg, fg, flip, pos, x, y, w, h in rows.tolist():
+        b, f = _STATE["bg_index"][f"bg{bg:04d}"], _STATE["fg_index"][f"fg{fg:04d}"]
+        key = sample_key(ps.bg_ids[b], ps.fg_ids[f], flip, pos)
         depth = paste_depth(_STATE["depth"][b], _mask(f, flip, w, h), x, y)
         # PNG "up" filter suits depth's vertical gradients: ~0.15 ms per 192² map
         writer.add(key, {"depth.png": encode_png(depth, _STATE["png"], cv2.IMWRITE_PNG_FILTER_UP)})
@@ -96,15 +98,23 @@ def _fill_shard(writer: ShardWriter, rows: list[tuple]) -> None:
 # ---------------------------------------------------------------- stage
 
 
+_ROW_FIELDS = ("bg", "fg", "flip", "position", "x", "y", "w", "h")
+
+
+def _rows_by_shard(composites_dir: Path, shard_names) -> list[tuple[str, np.ndarray]]:
+    """index.csv as one compact int32 array per shard: bg, fg (numbers), flip, position, box."""
+    by_shard: dict[str, list[tuple[int, ...]]] = defaultdict(list)
+    for r in iter_index(composites_dir):
+        r["bg"], r["fg"] = r["bg"][2:], r["fg"][2:]  # "bg0042" → 42
+        by_shard[r["shard"]].append(tuple(int(r[k]) for k in _ROW_FIELDS))
+    return [(name, np.array(by_shard.pop(name, []), np.int32).reshape(-1, 8)) for name in sorted(shard_names)]
+
+
 def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out_dir: Path) -> dict:
     """One depth shard per composite shard, same name and keys; shards.json; preview.png."""
     prepared_dir, composites_dir, out_dir = Path(prepared_dir), Path(composites_dir), Path(out_dir)
     composites = read_manifest(composites_dir)
-    by_shard: dict[str, list[tuple]] = defaultdict(list)
-    for r in read_index(composites_dir):
-        placement = (int(r["flip"]), int(r["x"]), int(r["y"]), int(r["w"]), int(r["h"]))
-        by_shard[r["shard"]].append((r["key"], r["bg"], r["fg"], *placement))
-    tasks = [ShardTask(name, by_shard[name]) for name in sorted(composites["shards"])]
+    tasks = [ShardTask(name, rows) for name, rows in _rows_by_shard(composites_dir, composites["shards"])]
     fingerprint = fingerprint_of(
         "depth-v1",
         params.model_dump(exclude={"jobs", "preview_samples"}),

@@ -33,11 +33,27 @@ class BadImage(ValueError):
 # ---------------------------------------------------------------- atomic writes
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_current_umask()
+
+
+def open_temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to `path` (same filesystem, so rename is atomic), with normal permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; data files are shared with the team
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Write via a temp file in the same folder + rename, so readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = open_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -167,8 +167,7 @@ def run_prepare(params: PrepareParams, out_dir: Path, log=print) -> dict:
     )
     if params.strict and report["rejected"]:
         raise PrepareFailed(
-            f"{len(report['rejected'])} raw file(s) rejected and prepare.strict is true; "
-            f"see {out_dir / REPORT}"
+            f"{len(report['rejected'])} raw file(s) rejected and prepare.strict is true; see {out_dir / REPORT}"
         )
     if not report["bg"] or not report["fg"]:
         raise PrepareFailed(f"no usable {'bg' if not report['bg'] else 'fg'} images; see {out_dir / REPORT}")

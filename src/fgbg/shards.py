@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fgbg.images import atomic_write_bytes, remove_stale_temps
+from fgbg.images import atomic_write_bytes, open_temp_beside, remove_stale_temps
 
 MANIFEST = "shards.json"
 JOURNAL = ".journal.jsonl"
@@ -56,8 +55,7 @@ class ShardWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, self._tmp = open_temp_beside(self.path)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._sha = hashlib.sha256()
         self.bytes = 0

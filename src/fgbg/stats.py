@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fgbg.compose import PreparedSet, read_index
+from fgbg.compose import PreparedSet, iter_index
 from fgbg.config import StatsParams, resolve_jobs
 from fgbg.images import DEPTH_CONVENTION_SHORT, atomic_write_bytes, decode
 from fgbg.shards import iter_shard, read_manifest
@@ -77,9 +77,7 @@ def _shard_moments(args: tuple[str, str]) -> dict[str, _Hist]:
     return acc
 
 
-def run_stats(
-    params: StatsParams, prepared_dir: Path, composites_dir: Path, depth_dir: Path, out: Path
-) -> dict:
+def run_stats(params: StatsParams, prepared_dir: Path, composites_dir: Path, depth_dir: Path, out: Path) -> dict:
     """Write `out` (DVC metrics) with the train split's mean/std of every input and target."""
     composites_dir, depth_dir = Path(composites_dir), Path(depth_dir)
     shards = [n for n in read_manifest(composites_dir)["shards"] if n.startswith("train/")]
@@ -109,7 +107,7 @@ def run_stats(
 
     # bg: each bg counted once per train sample it appears in (what the model sees)
     ps = PreparedSet(Path(prepared_dir))
-    uses = Counter(r["bg"] for r in read_index(composites_dir) if r["split"] == "train")
+    uses = Counter(r["bg"] for r in iter_index(composites_dir) if r["split"] == "train")
     bg = _Hist(3, 256)
     for bg_id, count in sorted(uses.items()):
         bg.add(ps.bg[ps.bg_ids.index(bg_id)], weight=count)

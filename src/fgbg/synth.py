@@ -168,9 +168,7 @@ def render_background(seed: int, index: int, size: int) -> tuple[np.ndarray, np.
 
     rgb = _shade(hits, d, rng, scene)
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    depth = np.where(
-        hits.t[::SUPERSAMPLE, ::SUPERSAMPLE] >= _FAR, np.inf, hits.t[::SUPERSAMPLE, ::SUPERSAMPLE]
-    )
+    depth = np.where(hits.t[::SUPERSAMPLE, ::SUPERSAMPLE] >= _FAR, np.inf, hits.t[::SUPERSAMPLE, ::SUPERSAMPLE])
     return np.clip(rgb, 0, 255).round().astype(np.uint8), depth, scene
 
 
@@ -261,15 +259,11 @@ def _creature_parts(kind: str, x, y, rng):
             ("skin", _sd_circle(x, y, 0.5, 0.15, 0.075 + j(0.01))),
             (
                 "skin",
-                _sd_capsule(
-                    x, y, 0.5 - 0.1 * width, sh_y + 0.02, 0.5 - 0.17 * width + arm_a * 0.2, 0.55, 0.035
-                ),
+                _sd_capsule(x, y, 0.5 - 0.1 * width, sh_y + 0.02, 0.5 - 0.17 * width + arm_a * 0.2, 0.55, 0.035),
             ),
             (
                 "skin",
-                _sd_capsule(
-                    x, y, 0.5 + 0.1 * width, sh_y + 0.02, 0.5 + 0.17 * width + arm_b * 0.2, 0.55, 0.035
-                ),
+                _sd_capsule(x, y, 0.5 + 0.1 * width, sh_y + 0.02, 0.5 + 0.17 * width + arm_b * 0.2, 0.55, 0.035),
             ),
             ("top", _sd_capsule(x, y, 0.5, sh_y + 0.03, 0.5, hip_y - 0.04, 0.1 * width)),
             ("bottom", _sd_capsule(x, y, 0.5 - 0.045 * width, hip_y, 0.47 - j(0.06), 0.93, 0.048)),
@@ -285,21 +279,15 @@ def _creature_parts(kind: str, x, y, rng):
     for lx in (-0.7, -0.45, 0.45, 0.7):
         fx = 0.5 + lx * body_len
         parts.append(("fur", _sd_capsule(x, y, fx, body_y, fx + j(0.03), 0.88, 0.035)))
-    tail_end = (
-        (0.5 + body_len + 0.15, body_y - 0.25) if kind == "cat" else (0.5 + body_len + 0.13, body_y - 0.05)
-    )
+    tail_end = (0.5 + body_len + 0.15, body_y - 0.25) if kind == "cat" else (0.5 + body_len + 0.13, body_y - 0.05)
     parts.append(("fur", _sd_capsule(x, y, 0.5 + body_len - 0.03, body_y - 0.03, *tail_end, 0.025)))
     if kind == "cat":
         for ex in (-0.055, 0.055):
-            parts.append(
-                ("fur", _sd_capsule(x, y, head_x + ex, head_y - 0.05, head_x + ex * 1.4, head_y - 0.15, 0.02))
-            )
+            parts.append(("fur", _sd_capsule(x, y, head_x + ex, head_y - 0.05, head_x + ex * 1.4, head_y - 0.15, 0.02)))
     else:
         parts.append(("fur", _sd_ellipse(x, y, head_x - 0.09, head_y + 0.02, 0.07, 0.045)))  # snout
         for ex in (-0.07, 0.07):
-            parts.append(
-                ("ear", _sd_capsule(x, y, head_x + ex, head_y - 0.06, head_x + ex * 1.3, head_y + 0.06, 0.03))
-            )
+            parts.append(("ear", _sd_capsule(x, y, head_x + ex, head_y - 0.06, head_x + ex * 1.3, head_y + 0.06, 0.03)))
     return parts
 
 
