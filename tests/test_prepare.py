@@ -17,7 +17,7 @@ from conftest import quiet
 from PIL import Image
 
 from fgbg.config import PrepareParams
-from fgbg.images import read_image
+from fgbg.images import extract_object_alpha, read_image
 from fgbg.prepare import PrepareFailed, prepare_bg, run_prepare
 
 
@@ -44,6 +44,18 @@ def sprite(w=40, h=50, alpha_value=255) -> Image.Image:
     rgba[..., :3] = (200, 80, 30)
     rgba[10:40, 8:30, 3] = alpha_value
     return Image.fromarray(rgba, "RGBA")
+
+
+def on_plain(colour, noise: float = 0.0, seed: int = 0) -> Image.Image:
+    """A made-up product photo: a two-tone object (with a hole-prone light patch) on a plain colour."""
+    rng = np.random.default_rng(seed)
+    img = np.full((80, 70, 3), colour, np.float64)
+    yy, xx = np.mgrid[0:80, 0:70]
+    body = ((yy - 45) / 25) ** 2 + ((xx - 35) / 18) ** 2 <= 1
+    img[body] = (40, 90, 160)
+    img[body & (np.abs(yy - 45) < 4) & (np.abs(xx - 35) < 4)] = colour  # same colour as the bg
+    img += rng.normal(0, noise, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), body
 
 
 def bomb_png(w=30000, h=30000) -> bytes:
@@ -85,8 +97,10 @@ def corpus() -> dict[str, tuple[str, bytes, str | None]]:
         "fg/Cat.png": ("fg", png_bytes(sprite()), None),
         "fg/cat.png": ("fg", png_bytes(sprite()), "letter case"),  # sorted after Cat.png
         "fg/palette.png": ("fg", palette_bytes, None),
-        "fg/no_alpha.png": ("fg", png_bytes(photo()), "no alpha"),
-        "fg/no_alpha.jpg": ("fg", good_jpeg, "no alpha"),
+        "fg/no_alpha.png": ("fg", png_bytes(photo()), "no plain background"),
+        "fg/no_alpha.jpg": ("fg", good_jpeg, "no plain background"),
+        "fg/on_white.jpg": ("fg", jpeg_bytes(on_plain((255, 255, 255))[0]), None),
+        "fg/blank.jpg": ("fg", jpeg_bytes(Image.new("RGB", (60, 60), (250, 250, 250))), "no object"),
         "fg/invisible.png": ("fg", png_bytes(sprite(alpha_value=0)), "fully transparent"),
         "fg/faint.png": ("fg", png_bytes(sprite(alpha_value=60)), "fully transparent"),
     }
@@ -194,3 +208,30 @@ def test_cli_prints_one_line_per_bad_file_and_no_traceback(bad_raw, tmp_path):
     res = run_cli("prepare", "--out", "out", cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize(
+    "colour, noise", [((255, 255, 255), 0.0), ((30, 160, 60), 0.0), ((250, 250, 245), 12.0), ((200, 40, 40), 8.0)]
+)
+def test_fg_without_alpha_is_cut_from_its_plain_background(colour, noise):
+    img, body = on_plain(colour, noise)
+    alpha = extract_object_alpha(np.asarray(img), threshold=40, kernel=5)
+    mask = alpha >= 128
+    iou = (mask & body).sum() / (mask | body).sum()
+    assert iou > 0.93, iou
+    assert mask[45, 35]  # the bg-coloured patch inside the object is a hole, filled
+    assert ((alpha > 0) & (alpha < 255)).any()  # soft edge
+
+
+def test_fg_without_alpha_becomes_rgba_in_prepare_or_is_rejected_on_request(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "bg").mkdir(parents=True)
+    (raw / "fg").mkdir()
+    (raw / "bg" / "b.jpg").write_bytes(jpeg_bytes(photo()))
+    (raw / "fg" / "dog.jpg").write_bytes(jpeg_bytes(on_plain((255, 255, 255), 5.0)[0]))
+    report = run_prepare(PrepareParams(raw_dir=str(raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
+    assert "cut from its plain background" in report["fg"][0]["notes"][0]
+    rgba = read_image(tmp_path / "p" / "fg" / "fg0000.png")
+    assert rgba.shape[2] == 4 and max(rgba.shape[:2]) == 24 and (rgba[..., 3] == 255).mean() > 0.5
+    with pytest.raises(PrepareFailed, match="no usable fg"):
+        run_prepare(PrepareParams(raw_dir=str(raw), fg_without_alpha="reject"), tmp_path / "q", log=quiet)

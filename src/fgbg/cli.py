@@ -40,7 +40,7 @@ def _one_line_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, FileNotFoundError, BadImage, PrepareFailed, ValueError) as e:
+        except (ConfigError, FileNotFoundError, BadImage, PrepareFailed, ValueError) as e:  # TeacherError: ValueError
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 
@@ -111,6 +111,28 @@ def depth(
     cfg = p.depth if jobs is None else p.depth.model_copy(update={"jobs": jobs})
     manifest = run_depth(cfg, prepared, composites, out)
     typer.echo(f"depth: {manifest['samples']} maps in {len(manifest['shards'])} shards → {out}", err=True)
+
+
+@app.command("depth-agreement")
+@_one_line_errors
+def depth_agreement(
+    params: ParamsOpt = Path("params.yaml"),
+    prepared: Path = PREPARED,
+    composites: Path = COMPOSITES,
+    samples: Annotated[int, typer.Option(help="Composites to compare.")] = 64,
+    out: Path = Path("metrics/depth_agreement.json"),
+) -> None:
+    """Measure compose-mode vs per-image teacher depth on a sample (AbsRel, δ1 in/outside the mask).
+
+    Uses the teacher in params (depth.teacher) whatever depth.source says, so you can decide
+    whether per-image depth is worth its cost before running it on every composite.
+    """
+    from fgbg.depth import depth_agreement as measure
+    from fgbg.images import atomic_write_bytes
+
+    result = measure(_params(params).depth, prepared, composites, samples)
+    atomic_write_bytes(out, json.dumps(result, indent=2).encode() + b"\n")
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -42,6 +42,11 @@ class PrepareParams(_Section):
     max_pixels: int = Field(50_000_000, ge=1)
     max_aspect: float = Field(8.0, ge=1.0)
     strict: bool = False
+    # fg photos without alpha: object = pixels farther than `threshold` from the border colour,
+    # cleaned by morphological open + close with a `kernel`×`kernel` ellipse (seed 004: 5)
+    fg_without_alpha: Literal["extract", "reject"] = "extract"
+    extract_threshold: float = Field(40.0, gt=0, le=441)
+    extract_kernel: int = Field(5, ge=1, le=99)
 
 
 class SplitParams(_Section):
@@ -85,14 +90,31 @@ class ComposeParams(_Section):
         return self.grid[0] * self.grid[1] if self.placement == "grid" else self.positions
 
 
-class DepthParams(_Section):
-    """Where fg_bg depth comes from; `teacher` is reserved for a pretrained model."""
+class TeacherParams(_Section):
+    """A transformers depth-estimation model, by hub id or local folder."""
 
-    source: Literal["provided"] = "provided"
-    mode: Literal["compose"] = "compose"
+    model: str = "depth-anything/Depth-Anything-V2-Small-hf"
+    resolution: int = Field(266, ge=14, le=2048)  # model input side (rounded to its patch multiple)
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"  # auto = cuda when available, else cpu
+    workers: int = Field(2, ge=0)  # DataLoader workers decoding composites (per-image mode)
+
+
+class DepthParams(_Section):
+    """Where fg_bg depth comes from and how it is made."""
+
+    source: Literal["provided", "teacher"] = "provided"
+    mode: Literal["compose", "per_image"] = "compose"
+    teacher: TeacherParams = TeacherParams()
     png_compression: int = Field(1, ge=0, le=9)
     jobs: int = Field(0, ge=0)
     preview_samples: int = Field(8, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _per_image_needs_teacher(self) -> DepthParams:
+        if self.mode == "per_image" and self.source != "teacher":
+            raise ValueError("mode per_image runs a teacher on every composite: set source: teacher")
+        return self
 
 
 class StatsParams(_Section):

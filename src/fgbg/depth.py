@@ -8,12 +8,17 @@ the fg touches the ground — the bottom of its mask — never behind the bg it 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from fgbg.compose import PREVIEW, PreparedSet, fg_variant, iter_index, preview_samples, sample_key
 from fgbg.config import DepthParams, resolve_jobs
@@ -26,6 +31,7 @@ from fgbg.images import (
     encode_png,
 )
 from fgbg.shards import (
+    ShardJournal,
     ShardTask,
     ShardWriter,
     build_shards,
@@ -35,6 +41,7 @@ from fgbg.shards import (
     read_manifest,
     write_manifest,
 )
+from fgbg.teacher import DepthTeacher, to_inverse_u16
 
 
 def contact_point(mask: np.ndarray) -> tuple[int, int]:
@@ -61,20 +68,31 @@ def paste_depth(bg_depth: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.nd
 
 
 def bg_depth_maps(ps: PreparedSet, params: DepthParams) -> list[np.ndarray]:
-    """Each bg's depth in the project convention; the seam where a teacher model plugs in."""
+    """Each bg's depth in the project convention: provided maps, or the teacher once per bg."""
     if params.source == "provided":
         return ps.bg_depth
-    raise ValueError(f"depth.source: unknown source {params.source!r}")  # pragma: no cover
+    teacher = load_teacher(params)
+    maps = []
+    for start in range(0, len(ps.bg), params.teacher.batch_size):
+        batch = torch.from_numpy(np.stack(ps.bg[start : start + params.teacher.batch_size]))
+        out = teacher.predict(batch)
+        maps.extend(to_inverse_u16(out.maps, out.metric))  # relative teachers: normalised per bg
+    return maps
 
 
-# ---------------------------------------------------------------- workers
+def load_teacher(params: DepthParams) -> DepthTeacher:
+    t = params.teacher
+    return DepthTeacher(t.model, t.resolution, t.device)
+
+
+# ---------------------------------------------------------------- compose mode workers
 
 _STATE: dict = {}
 
 
-def _init_worker(prepared_dir: str, params: DepthParams) -> None:
-    ps = PreparedSet(Path(prepared_dir), depth=params.source == "provided")
-    _STATE.update(ps=ps, depth=bg_depth_maps(ps, params), png=params.png_compression)
+def _init_worker(prepared_dir: str, png_compression: int, bg_depth: list[np.ndarray]) -> None:
+    ps = PreparedSet(Path(prepared_dir))
+    _STATE.update(ps=ps, depth=bg_depth, png=png_compression)
     _STATE["bg_index"] = {b: i for i, b in enumerate(ps.bg_ids)}
     _STATE["fg_index"] = {f: i for i, f in enumerate(ps.fg_ids)}
     _mask.cache_clear()
@@ -85,17 +103,18 @@ def _mask(fg: int, flip: int, w: int, h: int) -> np.ndarray:
     return fg_variant(_STATE["ps"].fg[fg], bool(flip), w, h)[..., 3] >= MASK_THRESHOLD
 
 
+def _encode_depth(depth: np.ndarray, compression: int) -> bytes:
+    # PNG "up" filter suits depth's vertical gradients: ~0.15 ms per 192² map
+    return encode_png(depth, compression, cv2.IMWRITE_PNG_FILTER_UP)
+
+
 def _fill_shard(writer: ShardWriter, rows: np.ndarray) -> None:
     ps: PreparedSet = _STATE["ps"]
     for bg, fg, flip, pos, x, y, w, h in rows.tolist():
         b, f = _STATE["bg_index"][f"bg{bg:04d}"], _STATE["fg_index"][f"fg{fg:04d}"]
         key = sample_key(ps.bg_ids[b], ps.fg_ids[f], flip, pos)
         depth = paste_depth(_STATE["depth"][b], _mask(f, flip, w, h), x, y)
-        # PNG "up" filter suits depth's vertical gradients: ~0.15 ms per 192² map
-        writer.add(key, {"depth.png": encode_png(depth, _STATE["png"], cv2.IMWRITE_PNG_FILTER_UP)})
-
-
-# ---------------------------------------------------------------- stage
+        writer.add(key, {"depth.png": _encode_depth(depth, _STATE["png"])})
 
 
 _ROW_FIELDS = ("bg", "fg", "flip", "position", "x", "y", "w", "h")
@@ -110,33 +129,160 @@ def _rows_by_shard(composites_dir: Path, shard_names) -> list[tuple[str, np.ndar
     return [(name, np.array(by_shard.pop(name, []), np.int32).reshape(-1, 8)) for name in sorted(shard_names)]
 
 
+# ---------------------------------------------------------------- per-image mode
+
+
+class ShardImages(IterableDataset):
+    """Decoded fg_bg images of whole shards; each DataLoader worker takes every n-th shard.
+
+    Yields (shard, index in shard, shard length, key, uint8 H×W×3 tensor): only uint8 pixels
+    cross the process boundary, and batches are made inside one worker, so their composition
+    (and the teacher's output) does not depend on timing.
+    """
+
+    def __init__(self, composites_dir: Path, shard_names: list[str]):
+        self.dir, self.names = Path(composites_dir), list(shard_names)
+
+    def __iter__(self):
+        info = get_worker_info()
+        names = self.names if info is None else self.names[info.id :: info.num_workers]
+        for name in names:
+            samples = [(key, files["jpg"]) for key, files in iter_shard(self.dir / name)]
+            for i, (key, jpg) in enumerate(samples):
+                yield name, i, len(samples), key, torch.from_numpy(decode(jpg))
+
+
+def _run_per_image(params: DepthParams, composites_dir: Path, journal: ShardJournal) -> None:
+    """The teacher on every composite, shards written whole and in order as they complete."""
+    if not journal.todo:
+        return
+    teacher = load_teacher(params)
+    workers = min(params.teacher.workers, len(journal.todo))
+    loader = DataLoader(
+        ShardImages(composites_dir, journal.todo),
+        batch_size=params.teacher.batch_size,
+        num_workers=workers,
+        pin_memory=teacher.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    pending: dict[str, list] = {}
+    bar = tqdm(total=len(journal.todo), desc="depth (teacher, per image)", unit="shard", dynamic_ncols=True)
+    with ThreadPoolExecutor(4) as encoders:  # zlib releases the GIL: encode while the model runs
+        for names, index, counts, keys, images in loader:
+            out = teacher.predict(images)
+            maps = to_inverse_u16(out.maps, out.metric)  # relative teachers: normalised per image
+            pngs = encoders.map(_encode_depth, maps, [params.png_compression] * len(maps))
+            for name, i, n, key, png in zip(names, index.tolist(), counts.tolist(), keys, pngs, strict=True):
+                slots = pending.setdefault(name, [n, [None] * n])
+                slots[1][i] = (key, png)
+                slots[0] -= 1
+                if slots[0] == 0:
+                    writer = ShardWriter(journal.out_dir / name)
+                    for k, data in pending.pop(name)[1]:
+                        writer.add(k, {"depth.png": data})
+                    journal.record(name, writer.commit())
+                    bar.update(1)
+    bar.close()
+
+
+# ---------------------------------------------------------------- stage
+
+
 def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out_dir: Path) -> dict:
     """One depth shard per composite shard, same name and keys; shards.json; preview.png."""
     prepared_dir, composites_dir, out_dir = Path(prepared_dir), Path(composites_dir), Path(out_dir)
     composites = read_manifest(composites_dir)
-    tasks = [ShardTask(name, rows) for name, rows in _rows_by_shard(composites_dir, composites["shards"])]
+    names = sorted(composites["shards"])
     fingerprint = fingerprint_of(
-        "depth-v1",
+        "depth-v2",
         params.model_dump(exclude={"jobs", "preview_samples"}),
+        _teacher_fingerprint(params),
         composites["fingerprint"],
         folder_fingerprint(prepared_dir),
     )
-    records = build_shards(
-        out_dir,
-        tasks,
-        _fill_shard,
-        fingerprint=fingerprint,
-        jobs=resolve_jobs(params.jobs),
-        init=_init_worker,
-        init_args=(str(prepared_dir), params),
-        desc="depth",
-        keep=(PREVIEW, "shards.json"),
-    )
+    keep = (PREVIEW, "shards.json")
+    if params.mode == "per_image":
+        journal = ShardJournal(out_dir, names, fingerprint, keep)
+        try:
+            _run_per_image(params, composites_dir, journal)
+        finally:
+            records = journal.close()
+    else:
+        ps = PreparedSet(prepared_dir, depth=params.source == "provided")
+        tasks = [ShardTask(name, rows) for name, rows in _rows_by_shard(composites_dir, names)]
+        records = build_shards(
+            out_dir,
+            tasks,
+            _fill_shard,
+            fingerprint=fingerprint,
+            jobs=resolve_jobs(params.jobs),
+            init=_init_worker,
+            init_args=(str(prepared_dir), params.png_compression, bg_depth_maps(ps, params)),
+            desc="depth",
+            keep=keep,
+        )
     write_manifest(out_dir, fingerprint, records)
-    _write_preview(out_dir, composites_dir, prepared_dir, [t.name for t in tasks], params.preview_samples)
+    _write_preview(out_dir, composites_dir, prepared_dir, names, params.preview_samples)
     manifest = read_manifest(out_dir)
     manifest["convention"] = DEPTH_CONVENTION
     return manifest
+
+
+def depth_agreement(params: DepthParams, prepared_dir: Path, composites_dir: Path, samples: int = 64) -> dict:
+    """How far compose-mode depth is from per-image depth, with the same teacher, on a sample.
+
+    Compose mode is aligned to per-image depth by least-squares scale and shift (both are
+    relative), then AbsRel and δ<1.25 are measured inside the fg mask and outside it.
+    """
+    prepared_dir, composites_dir = Path(prepared_dir), Path(composites_dir)
+    names = sorted(read_manifest(composites_dir)["shards"])
+    picked = preview_samples(composites_dir, names, samples)
+    if not picked:
+        raise ValueError(f"{composites_dir}: no composites to sample")
+    teacher_params = params.model_copy(update={"source": "teacher"})
+    ps = PreparedSet(prepared_dir)
+    bg_maps = bg_depth_maps(ps, teacher_params)
+    teacher = load_teacher(teacher_params)
+    sums = {region: np.zeros(3) for region in ("fg", "bg")}  # absrel sum, delta1 hits, pixels
+    for start in range(0, len(picked), params.teacher.batch_size):
+        chunk = picked[start : start + params.teacher.batch_size]
+        images = torch.from_numpy(np.stack([decode(files["jpg"]) for _, _, files in chunk]))
+        out = teacher.predict(images)
+        per_image = to_inverse_u16(out.maps, out.metric).astype(np.float64)
+        for (_, _, files), reference in zip(chunk, per_image, strict=True):
+            meta = json.loads(files["json"])
+            x, y, w, h = meta["box"]
+            mask = decode(files["mask.png"]) > 0
+            composed = paste_depth(bg_maps[ps.bg_ids.index(meta["bg"])], mask[y : y + h, x : x + w], x, y)
+            aligned = _align(composed.astype(np.float64), reference)
+            valid = reference > 0.01 * 65535
+            for region, sel in (("fg", mask & valid), ("bg", ~mask & valid)):
+                ratio = aligned[sel] / reference[sel]
+                sums[region] += (
+                    np.abs(ratio - 1).sum(),
+                    (np.maximum(ratio, 1 / np.maximum(ratio, 1e-9)) < 1.25).sum(),
+                    sel.sum(),
+                )
+    result = {"samples": len(picked), "teacher": params.teacher.model, "resolution": teacher.resolution}
+    for region, (absrel, hits, n) in sums.items():
+        result[f"{region}_absrel"] = round(absrel / max(n, 1), 4)
+        result[f"{region}_delta1"] = round(hits / max(n, 1), 4)
+    return result
+
+
+def _align(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Least-squares scale and shift of `pred` onto `ref` (relative depth has neither)."""
+    a = np.stack([pred.ravel(), np.ones(pred.size)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(a, ref.ravel(), rcond=None)
+    return pred * scale + shift
+
+
+def _teacher_fingerprint(params: DepthParams) -> str | None:
+    """A local teacher folder's content is an input too: new weights, new depth."""
+    if params.source != "teacher":
+        return None
+    folder = Path(params.teacher.model)
+    return folder_fingerprint(folder) if folder.is_dir() else params.teacher.model
 
 
 def _write_preview(out_dir, composites_dir, prepared_dir, shard_names, n) -> None:

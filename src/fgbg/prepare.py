@@ -24,6 +24,7 @@ from fgbg.images import (
     alpha_bbox,
     atomic_write_bytes,
     encode_png,
+    extract_object_alpha,
     load_raw_image,
     mask_from_alpha,
     resize_cover_crop,
@@ -89,9 +90,13 @@ def _load_bg_depth(path: Path, shape: tuple[int, int]) -> np.ndarray:
 def prepare_fg(path: Path, params: PrepareParams):
     """One fg → (RGBA trimmed to its alpha box, longest side fg_size; notes); BadImage if unusable."""
     raw = load_raw_image(path, **_limits(params))
-    if not raw.has_alpha:
-        raise BadImage("foreground has no alpha channel (needs a transparent background)")
     rgba = raw.pixels
+    if not raw.has_alpha:
+        if params.fg_without_alpha == "reject":
+            raise BadImage("foreground has no alpha channel (prepare.fg_without_alpha: reject)")
+        alpha = extract_object_alpha(rgba, params.extract_threshold, params.extract_kernel)
+        rgba = np.dstack([rgba, alpha])
+        raw.notes.append("no alpha channel: object cut from its plain background")
     box = alpha_bbox(rgba[..., 3] >= 8)
     if box is None or not mask_from_alpha(rgba[..., 3]).any():
         raise BadImage("foreground is fully transparent")

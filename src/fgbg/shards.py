@@ -147,6 +147,46 @@ class ShardTask:
     payload: Any
 
 
+class ShardJournal:
+    """Resume bookkeeping for a stage that writes named shards into `out_dir`.
+
+    On open: removes temp files and files that are not wanted, and keeps shards a finished
+    manifest or a killed run's journal (same `fingerprint`: params + inputs) vouches for, after
+    checking size and sha256. `record()` journals each finished shard as it lands.
+    """
+
+    def __init__(self, out_dir: Path, names: Sequence[str], fingerprint: str, keep: Sequence[str] = ()):
+        self.out_dir = Path(out_dir)
+        self.fingerprint = fingerprint
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.out_dir)
+        reusable = _reusable_records(self.out_dir, fingerprint)
+        wanted = set(names)
+        for f in sorted(self.out_dir.rglob("*")):
+            rel = f.relative_to(self.out_dir).as_posix()
+            if f.is_file() and rel not in wanted and rel not in keep and rel != JOURNAL:
+                f.unlink()
+        self.done: dict[str, ShardRecord] = {}
+        self.todo: list[str] = []
+        for name in names:
+            rec = reusable.get(name)
+            if rec is not None and verify_shard(self.out_dir / name, rec):
+                self.done[name] = rec
+            else:
+                (self.out_dir / name).unlink(missing_ok=True)
+                self.todo.append(name)
+        self._file = open(self.out_dir / JOURNAL, "a")
+
+    def record(self, name: str, rec: ShardRecord) -> None:
+        self.done[name] = rec
+        self._file.write(json.dumps({"fingerprint": self.fingerprint, "path": name, **asdict(rec)}) + "\n")
+        self._file.flush()
+
+    def close(self) -> dict[str, ShardRecord]:
+        self._file.close()
+        return {name: self.done[name] for name in sorted(self.done)}
+
+
 def build_shards(
     out_dir: Path,
     tasks: Sequence[ShardTask],
@@ -161,53 +201,30 @@ def build_shards(
 ) -> dict[str, ShardRecord]:
     """Build every task's shard in `out_dir` with `jobs` processes; reuse verified ones.
 
-    `fill(writer, payload)` writes one shard's samples. Finished shards are journalled with the
-    stage's `fingerprint` (params + inputs), so a killed run resumes where it stopped and a
-    changed run rebuilds. Files in `out_dir` that are neither a task nor in `keep` are removed.
+    `fill(writer, payload)` writes one shard's samples. A killed run resumes where it stopped
+    and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir)
-    reusable = _reusable_records(out_dir, fingerprint)
-    wanted = {t.name for t in tasks}
-    for f in sorted(out_dir.rglob("*")):
-        rel = f.relative_to(out_dir).as_posix()
-        if f.is_file() and rel not in wanted and rel not in keep and rel != JOURNAL:
-            f.unlink()
-    done: dict[str, ShardRecord] = {}
-    todo = []
-    for t in tasks:
-        rec = reusable.get(t.name)
-        if rec is not None and verify_shard(out_dir / t.name, rec):
-            done[t.name] = rec
-        else:
-            (out_dir / t.name).unlink(missing_ok=True)
-            todo.append(t)
-    journal = open(out_dir / JOURNAL, "a")
-    bar = tqdm(total=len(tasks), initial=len(done), desc=desc, unit="shard", dynamic_ncols=True)
-
-    def finished(name: str, rec: ShardRecord) -> None:
-        done[name] = rec
-        journal.write(json.dumps({"fingerprint": fingerprint, "path": name, **asdict(rec)}) + "\n")
-        journal.flush()
-        bar.update(1)
-
+    journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep)
+    todo = [t for t in tasks if t.name in set(journal.todo)]
+    bar = tqdm(total=len(tasks), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True)
     try:
         if jobs <= 1 or len(todo) <= 1:
             if init:
                 init(*init_args)
             for t in todo:
-                finished(t.name, _build_one(out_dir, t, fill))
+                journal.record(t.name, _build_one(journal.out_dir, t, fill))
+                bar.update(1)
         else:
             ctx = get_context("fork")
             with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=init, initargs=init_args) as ex:
-                futures = {ex.submit(_build_one, out_dir, t, fill): t.name for t in todo}
+                futures = {ex.submit(_build_one, journal.out_dir, t, fill): t.name for t in todo}
                 for fut in as_completed(futures):
-                    finished(futures[fut], fut.result())
+                    journal.record(futures[fut], fut.result())
+                    bar.update(1)
     finally:
         bar.close()
-        journal.close()
-    return {name: done[name] for name in sorted(done)}
+        records = journal.close()
+    return records
 
 
 def _build_one(out_dir: Path, task: ShardTask, fill: Callable[[ShardWriter, Any], None]):

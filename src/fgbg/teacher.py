@@ -1,0 +1,104 @@
+"""Pretrained monocular depth teachers (any transformers depth-estimation model), batched.
+
+The model is named by hub id or local folder (`depth.teacher.model`); offline machines use a
+local folder or the HF cache. Inference: `torch.inference_mode`, bf16 autocast on CUDA, fp32 on
+CPU, resize + normalise on the device (the processor's mean/std), prediction resized back.
+Outputs are converted to the project's convention (16-bit inverse depth, near = bright).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fgbg.images import first_line, metric_to_inverse_u16
+
+# Model families whose `predicted_depth` is metric depth (bigger = farther); the rest (DPT,
+# Depth Anything relative, ...) predict relative inverse depth (bigger = nearer).
+METRIC_MODEL_TYPES = {"glpn", "zoedepth"}
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be loaded or run; the message names the param and the model."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise TeacherError(f"depth.teacher.device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TeacherError(f"depth.teacher.device: {device!r} requested but no CUDA device is available")
+    return dev
+
+
+@dataclass
+class TeacherOutput:
+    """Raw predictions at input size and how to read them."""
+
+    maps: np.ndarray  # float32 B×H×W
+    metric: bool  # True: metres (bigger = farther); False: relative inverse depth
+
+
+class DepthTeacher:
+    """A transformers depth model ready for batched uint8 RGB input."""
+
+    def __init__(self, model: str, resolution: int, device: str = "auto"):
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        self.device = resolve_device(device)
+        try:
+            self.model = AutoModelForDepthEstimation.from_pretrained(model)
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError... per cause
+            raise TeacherError(
+                f"depth.teacher.model: cannot load {model!r} as a depth-estimation model "
+                f"(a local folder, or a hub id already in the HF cache when offline): {first_line(e)}"
+            ) from None
+        try:
+            processor = AutoImageProcessor.from_pretrained(model)
+            mean, std = processor.image_mean, processor.image_std
+        except Exception:  # no processor saved with the model: ImageNet statistics
+            mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        cfg = self.model.config
+        self.metric = cfg.model_type in METRIC_MODEL_TYPES or getattr(cfg, "depth_estimation_type", "") == "metric"
+        multiple = getattr(cfg, "patch_size", None) or getattr(getattr(cfg, "backbone_config", None), "patch_size", 32)
+        multiple = multiple[0] if isinstance(multiple, list | tuple) else int(multiple)
+        self.resolution = max(multiple, round(resolution / multiple) * multiple)
+        self.model.eval().to(self.device)
+        if self.device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.name = model
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> TeacherOutput:
+        """images: uint8 B×H×W×3 RGB (CPU or device) → raw depth B×H×W at the input size."""
+        b, h, w, _ = images.shape
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+        x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model(pixel_values=x).predicted_depth
+        out = out.float().reshape(b, 1, *out.shape[-2:])
+        out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        return TeacherOutput(out.cpu().numpy(), self.metric)
+
+
+def to_inverse_u16(maps: np.ndarray, metric: bool) -> np.ndarray:
+    """Teacher output → the project's 16-bit inverse depth, one map at a time.
+
+    Metric depth maps through the fixed range (comparable across images); relative inverse depth
+    is stretched per map to [0, 65535] (per bg in compose mode, per image in per-image mode).
+    """
+    if metric:
+        return metric_to_inverse_u16(np.maximum(maps, 1e-6))
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    hi = maps.max(axis=(-2, -1), keepdims=True)
+    scaled = (maps - lo) / np.maximum(hi - lo, 1e-12)
+    return np.round(np.clip(scaled, 0, 1) * 65535).astype(np.uint16)

@@ -1,0 +1,146 @@
+"""Depth teacher: a real transformers model loaded by path, offline, in both depth modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fgbg.config import DepthParams, TeacherParams
+from fgbg.depth import run_depth
+from fgbg.images import decode
+from fgbg.shards import file_sha256, iter_shard, read_manifest
+from fgbg.teacher import DepthTeacher, TeacherError, to_inverse_u16
+
+transformers = pytest.importorskip("transformers")
+
+
+def make_tiny_depth_anything(folder: Path) -> Path:
+    """A Depth Anything (DINOv2 backbone + DPT head) small enough for CPU tests, saved locally."""
+    from transformers import DepthAnythingConfig, Dinov2Config, DPTImageProcessor
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=56,
+        patch_size=14,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[8, 16, 32, 32],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+    )
+    model = transformers.AutoModelForDepthEstimation.from_config(config)
+    model.save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, ensure_multiple_of=14).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    return make_tiny_depth_anything(tmp_path_factory.mktemp("teacher") / "tiny-depth-anything")
+
+
+def teacher_params(path: Path, mode: str) -> DepthParams:
+    teacher = TeacherParams(model=str(path), resolution=56, batch_size=16, device="cpu", workers=1)
+    return DepthParams(source="teacher", mode=mode, teacher=teacher, jobs=1, preview_samples=2)
+
+
+def test_teacher_loads_from_a_local_folder_offline_and_predicts_at_input_size(tiny_teacher, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher = DepthTeacher(str(tiny_teacher), resolution=60, device="auto")
+    assert teacher.resolution == 56 and not teacher.metric  # rounded to the patch multiple; relative
+    out = teacher.predict(torch.randint(0, 256, (3, 40, 52, 3), dtype=torch.uint8))
+    assert out.maps.shape == (3, 40, 52) and np.isfinite(out.maps).all()
+    u16 = to_inverse_u16(out.maps, out.metric)
+    assert u16.dtype == np.uint16 and (u16.min(axis=(1, 2)) == 0).all() and (u16.max(axis=(1, 2)) == 65535).all()
+
+
+@pytest.mark.parametrize("path_kind", ["missing", "broken"])
+def test_missing_or_broken_model_path_is_a_clear_error(tmp_path, path_kind, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "teacher"
+    if path_kind == "broken":
+        path.mkdir()
+        (path / "config.json").write_text("{ this is not json")
+    with pytest.raises(TeacherError, match="depth.teacher.model: cannot load"):
+        DepthTeacher(str(path), 56, "cpu")
+
+
+def test_metric_teachers_map_through_the_fixed_range():
+    metres = np.array([[[1.0, 2.0], [10.0, 500.0]]], np.float32)
+    u16 = to_inverse_u16(metres, metric=True)
+    assert u16[0, 0, 0] == 65535 and u16[0, 1, 1] == 0 and u16[0, 0, 1] > u16[0, 1, 0]
+
+
+def test_compose_mode_runs_the_teacher_once_per_bg(tiny_teacher, tiny_prepared, tiny_composites, tmp_path):
+    manifest = run_depth(teacher_params(tiny_teacher, "compose"), tiny_prepared, tiny_composites, tmp_path / "d")
+    assert manifest["samples"] == read_manifest(tiny_composites)["samples"]
+    name = next(iter(manifest["shards"]))
+    for (key, comp), (dkey, dep) in zip(
+        iter_shard(tiny_composites / name), iter_shard(tmp_path / "d" / name), strict=True
+    ):
+        depth, mask = decode(dep["depth.png"]), decode(comp["mask.png"]) > 0
+        assert key == dkey and depth.dtype == np.uint16
+        outside = depth[~mask]
+        assert outside.min() == 0 or outside.max() == 65535  # the bg's own teacher map, normalised per bg
+
+
+def test_per_image_mode_runs_the_teacher_on_every_composite_deterministically(
+    tiny_teacher, tiny_prepared, tiny_composites, tmp_path
+):
+    params = teacher_params(tiny_teacher, "per_image")
+    manifest = run_depth(params, tiny_prepared, tiny_composites, tmp_path / "a")
+    assert manifest["samples"] == read_manifest(tiny_composites)["samples"]
+    assert list(manifest["shards"]) == list(read_manifest(tiny_composites)["shards"])
+    for name in manifest["shards"]:
+        keys = [k for k, _ in iter_shard(tiny_composites / name)]
+        maps = [(k, decode(f["depth.png"])) for k, f in iter_shard(tmp_path / "a" / name)]
+        assert [k for k, _ in maps] == keys
+        assert all(m.min() == 0 and m.max() == 65535 for _, m in maps)  # normalised per image
+    run_depth(params, tiny_prepared, tiny_composites, tmp_path / "b")
+    for name in manifest["shards"]:
+        assert file_sha256(tmp_path / "a" / name) == file_sha256(tmp_path / "b" / name)
+    # a killed run resumes: lose one shard, rerun, the same bytes come back
+    lost = tmp_path / "a" / next(iter(manifest["shards"]))
+    lost.unlink()
+    run_depth(params, tiny_prepared, tiny_composites, tmp_path / "a")
+    assert file_sha256(lost) == file_sha256(tmp_path / "b" / lost.relative_to(tmp_path / "a"))
+
+
+def test_depth_agreement_cli_reports_absrel_and_delta1_inside_and_outside_the_mask(
+    tiny_teacher, tiny_prepared, tiny_composites, tmp_path
+):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"depth:\n  teacher:\n    model: {tiny_teacher}\n    resolution: 56\n    device: cpu\n    batch_size: 8\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "fgbg.cli", "depth-agreement", "-p", str(params), "--prepared", str(tiny_prepared),
+         "--composites", str(tiny_composites), "--samples", "6", "--out", str(tmp_path / "agree.json")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result = json.loads((tmp_path / "agree.json").read_text())
+    assert result["samples"] == 6
+    for key in ("fg_absrel", "fg_delta1", "bg_absrel", "bg_delta1"):
+        assert result[key] >= 0
+    assert 0 <= result["bg_delta1"] <= 1 and 0 <= result["fg_delta1"] <= 1
+
+
+def test_per_image_mode_without_a_teacher_is_a_param_error():
+    with pytest.raises(ValueError, match="set source: teacher"):
+        DepthParams(source="provided", mode="per_image")
