@@ -16,42 +16,14 @@ from fgbg.config import DepthParams, TeacherParams
 from fgbg.depth import run_depth
 from fgbg.images import decode
 from fgbg.shards import file_sha256, iter_shard, read_manifest
-from fgbg.teacher import DepthTeacher, TeacherError, to_inverse_u16
+from fgbg.teacher import DepthTeacher, TeacherError, save_random_depth_anything, to_inverse_u16
 
 transformers = pytest.importorskip("transformers")
 
 
-def make_tiny_depth_anything(folder: Path) -> Path:
-    """A Depth Anything (DINOv2 backbone + DPT head) small enough for CPU tests, saved locally."""
-    from transformers import DepthAnythingConfig, Dinov2Config, DPTImageProcessor
-
-    torch.manual_seed(0)
-    backbone = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        mlp_ratio=2,
-        image_size=56,
-        patch_size=14,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-        reshape_hidden_states=False,
-    )
-    config = DepthAnythingConfig(
-        backbone_config=backbone,
-        reassemble_hidden_size=32,
-        neck_hidden_sizes=[8, 16, 32, 32],
-        fusion_hidden_size=16,
-        head_hidden_size=8,
-    )
-    model = transformers.AutoModelForDepthEstimation.from_config(config)
-    model.save_pretrained(folder)
-    DPTImageProcessor(size={"height": 56, "width": 56}, ensure_multiple_of=14).save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory) -> Path:
-    return make_tiny_depth_anything(tmp_path_factory.mktemp("teacher") / "tiny-depth-anything")
+    return save_random_depth_anything(tmp_path_factory.mktemp("teacher") / "tiny-depth-anything", "tiny")
 
 
 def teacher_params(path: Path, mode: str) -> DepthParams:
@@ -64,7 +36,7 @@ def test_teacher_loads_from_a_local_folder_offline_and_predicts_at_input_size(ti
     teacher = DepthTeacher(str(tiny_teacher), resolution=60, device="auto")
     assert teacher.resolution == 56 and not teacher.metric  # rounded to the patch multiple; relative
     out = teacher.predict(torch.randint(0, 256, (3, 40, 52, 3), dtype=torch.uint8))
-    assert out.maps.shape == (3, 40, 52) and np.isfinite(out.maps).all()
+    assert out.maps.shape == (3, 40, 52) and torch.isfinite(out.maps).all()
     u16 = to_inverse_u16(out.maps, out.metric)
     assert u16.dtype == np.uint16 and (u16.min(axis=(1, 2)) == 0).all() and (u16.max(axis=(1, 2)) == 65535).all()
 
@@ -81,7 +53,7 @@ def test_missing_or_broken_model_path_is_a_clear_error(tmp_path, path_kind, monk
 
 
 def test_metric_teachers_map_through_the_fixed_range():
-    metres = np.array([[[1.0, 2.0], [10.0, 500.0]]], np.float32)
+    metres = torch.tensor([[[1.0, 2.0], [10.0, 500.0]]])
     u16 = to_inverse_u16(metres, metric=True)
     assert u16[0, 0, 0] == 65535 and u16[0, 1, 1] == 0 and u16[0, 0, 1] > u16[0, 1, 0]
 
@@ -144,3 +116,11 @@ def test_depth_agreement_cli_reports_absrel_and_delta1_inside_and_outside_the_ma
 def test_per_image_mode_without_a_teacher_is_a_param_error():
     with pytest.raises(ValueError, match="set source: teacher"):
         DepthParams(source="provided", mode="per_image")
+
+
+def test_metric_conversion_matches_the_projects_fixed_range():
+    from fgbg.images import metric_to_inverse_u16
+
+    metres = np.geomspace(0.5, 400, 50).reshape(1, 5, 10)
+    got = to_inverse_u16(torch.from_numpy(metres).float(), metric=True).astype(int)
+    assert np.abs(got - metric_to_inverse_u16(metres).astype(int)).max() <= 2

@@ -9,7 +9,7 @@ the fg touches the ground — the bottom of its mask — never behind the bg it 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -166,22 +166,37 @@ def _run_per_image(params: DepthParams, composites_dir: Path, journal: ShardJour
         prefetch_factor=4 if workers else None,
     )
     pending: dict[str, list] = {}
+    in_flight: deque = deque()
     bar = tqdm(total=len(journal.todo), desc="depth (teacher, per image)", unit="shard", dynamic_ncols=True)
-    with ThreadPoolExecutor(4) as encoders:  # zlib releases the GIL: encode while the model runs
+
+    def encode_batch(maps: np.ndarray) -> list[bytes]:
+        return [_encode_depth(m, params.png_compression) for m in maps]
+
+    def land(names, index, counts, keys, pngs) -> None:
+        """File a batch's PNGs under their shards; write each shard whole once it is complete."""
+        for name, i, n, key, png in zip(names, index.tolist(), counts.tolist(), keys, pngs, strict=True):
+            slots = pending.setdefault(name, [n, [None] * n])
+            slots[1][i] = (key, png)
+            slots[0] -= 1
+            if slots[0] == 0:
+                writer = ShardWriter(journal.out_dir / name)
+                for k, data in pending.pop(name)[1]:
+                    writer.add(k, {"depth.png": data})
+                journal.record(name, writer.commit())
+                bar.update(1)
+
+    # PNG encoding runs in threads (zlib releases the GIL) while the next batch is on the model
+    with ThreadPoolExecutor(4) as encoders:
         for names, index, counts, keys, images in loader:
             out = teacher.predict(images)
             maps = to_inverse_u16(out.maps, out.metric)  # relative teachers: normalised per image
-            pngs = encoders.map(_encode_depth, maps, [params.png_compression] * len(maps))
-            for name, i, n, key, png in zip(names, index.tolist(), counts.tolist(), keys, pngs, strict=True):
-                slots = pending.setdefault(name, [n, [None] * n])
-                slots[1][i] = (key, png)
-                slots[0] -= 1
-                if slots[0] == 0:
-                    writer = ShardWriter(journal.out_dir / name)
-                    for k, data in pending.pop(name)[1]:
-                        writer.add(k, {"depth.png": data})
-                    journal.record(name, writer.commit())
-                    bar.update(1)
+            in_flight.append((names, index, counts, keys, encoders.submit(encode_batch, maps)))
+            while len(in_flight) > 4 or (in_flight and in_flight[0][-1].done()):
+                *meta, future = in_flight.popleft()
+                land(*meta, future.result())
+        while in_flight:
+            *meta, future = in_flight.popleft()
+            land(*meta, future.result())
     bar.close()
 
 

@@ -9,12 +9,13 @@ Outputs are converted to the project's convention (16-bit inverse depth, near = 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fgbg.images import first_line, metric_to_inverse_u16
+from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M, first_line
 
 # Model families whose `predicted_depth` is metric depth (bigger = farther); the rest (DPT,
 # Depth Anything relative, ...) predict relative inverse depth (bigger = nearer).
@@ -41,7 +42,7 @@ def resolve_device(device: str) -> torch.device:
 class TeacherOutput:
     """Raw predictions at input size and how to read them."""
 
-    maps: np.ndarray  # float32 B×H×W
+    maps: torch.Tensor  # float32 B×H×W, on the teacher's device
     metric: bool  # True: metres (bigger = farther); False: relative inverse depth
 
 
@@ -87,18 +88,56 @@ class DepthTeacher:
             out = self.model(pixel_values=x).predicted_depth
         out = out.float().reshape(b, 1, *out.shape[-2:])
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        return TeacherOutput(out.cpu().numpy(), self.metric)
+        return TeacherOutput(out, self.metric)
 
 
-def to_inverse_u16(maps: np.ndarray, metric: bool) -> np.ndarray:
-    """Teacher output → the project's 16-bit inverse depth, one map at a time.
+@torch.inference_mode()
+def to_inverse_u16(maps: torch.Tensor, metric: bool) -> np.ndarray:
+    """Teacher output → the project's 16-bit inverse depth, one map at a time, on its device.
 
     Metric depth maps through the fixed range (comparable across images); relative inverse depth
     is stretched per map to [0, 65535] (per bg in compose mode, per image in per-image mode).
+    Only the uint16 result (half of float32's bytes) comes back to the CPU.
     """
+    maps = maps.float()
     if metric:
-        return metric_to_inverse_u16(np.maximum(maps, 1e-6))
-    lo = maps.min(axis=(-2, -1), keepdims=True)
-    hi = maps.max(axis=(-2, -1), keepdims=True)
-    scaled = (maps - lo) / np.maximum(hi - lo, 1e-12)
-    return np.round(np.clip(scaled, 0, 1) * 65535).astype(np.uint16)
+        lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
+        scaled = (1.0 / maps.clamp(DEPTH_NEAR_M, DEPTH_FAR_M) - lo) / (hi - lo)
+    else:
+        lo = maps.amin(dim=(-2, -1), keepdim=True)
+        hi = maps.amax(dim=(-2, -1), keepdim=True)
+        scaled = (maps - lo) / (hi - lo).clamp_min(1e-12)
+    u16 = (scaled.clamp(0, 1) * 65535).round().to(torch.int32)
+    return u16.cpu().numpy().astype(np.uint16)
+
+
+# Depth Anything shapes for tests and benchmarks: "small" is Depth-Anything-V2-Small's architecture
+# (DINOv2-S/14 backbone + DPT head, ~25M parameters), "tiny" a CPU-test stand-in.
+_DEPTH_ANYTHING = {
+    "small": ({"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "mlp_ratio": 4},
+              ["stage3", "stage6", "stage9", "stage12"], 384, [48, 96, 192, 384], 64, 32),
+    "tiny": ({"hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2, "mlp_ratio": 2},
+             ["stage1", "stage2", "stage3", "stage4"], 32, [8, 16, 32, 32], 16, 8),
+}  # fmt: skip
+
+
+def save_random_depth_anything(folder: Path, size: str = "small", seed: int = 0) -> Path:
+    """A Depth Anything model with random weights, saved like a downloaded one (model + processor).
+
+    Its speed is the real architecture's; its depth is noise. For benchmarks and offline tests.
+    """
+    from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, Dinov2Config, DPTImageProcessor
+
+    backbone, stages, reassemble, neck, fusion, head = _DEPTH_ANYTHING[size]
+    config = DepthAnythingConfig(
+        backbone_config=Dinov2Config(**backbone, image_size=518, patch_size=14, out_features=stages,
+                                     reshape_hidden_states=False),
+        reassemble_hidden_size=reassemble,
+        neck_hidden_sizes=neck,
+        fusion_hidden_size=fusion,
+        head_hidden_size=head,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    AutoModelForDepthEstimation.from_config(config).save_pretrained(folder)
+    DPTImageProcessor(ensure_multiple_of=14).save_pretrained(folder)
+    return Path(folder)
