@@ -151,6 +151,65 @@ def stats(
     typer.echo(json.dumps({k: result[k] for k in ("samples", "fg_bg", "depth")}), err=True)
 
 
+MODELS = Path("models")
+METRICS = Path("metrics")
+
+
+@app.command()
+@_one_line_errors
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    prepared: Path = PREPARED,
+    composites: Path = COMPOSITES,
+    depth_dir: Annotated[Path, typer.Option("--depth")] = DEPTH,
+    stats_file: Annotated[Path, typer.Option("--stats")] = STATS,
+    out: Path = MODELS,
+    resume: Annotated[bool, typer.Option(help="Continue from out/checkpoint.pt exactly where it stopped.")] = False,
+) -> None:
+    """Train the mask + depth U-Net (params `train`); best weights → models/model.pt, run → MLflow."""
+    from fgbg.train import run_train
+
+    p = _params(params)
+    result = run_train(
+        p.train, p.model_dump(include={"train", "compose", "split", "depth"}), prepared, composites, depth_dir,
+        stats_file, out, resume=resume, history_csv=METRICS / "train_history.csv", log=_log,
+    )  # fmt: skip
+    typer.echo(f"train: {len(result['history'])} epochs; MLflow run {result['mlflow_run_id']}", err=True)
+
+
+@app.command()
+@_one_line_errors
+def evaluate(
+    params: ParamsOpt = Path("params.yaml"),
+    model: Path = MODELS / "model.pt",
+    prepared: Path = PREPARED,
+    composites: Path = COMPOSITES,
+    depth_dir: Annotated[Path, typer.Option("--depth")] = DEPTH,
+    out: Path = METRICS,
+) -> None:
+    """Test split (unseen bgs, unseen fgs): IoU, Dice, boundary F, AbsRel, RMSE, δ, SSIM → metrics/."""
+    from fgbg.evaluate import run_evaluate
+
+    p = _params(params)
+    run_evaluate(p.evaluate, model, prepared, composites, depth_dir, out, p.train.device, log=_log)
+
+
+@app.command()
+@_one_line_errors
+def predict(
+    bg: Annotated[Path, typer.Argument(help="Background image, or a folder of them.")],
+    fg_bg: Annotated[Path, typer.Argument(help="The scene with the object, or a folder (same file names).")],
+    model: Path = MODELS / "model.pt",
+    out: Path = Path("predictions"),
+    device: str = "auto",
+) -> None:
+    """Predict mask and depth for bg + fg_bg photos of any size (mask, 16-bit depth, colour depth, overlay)."""
+    from fgbg.predict import run_predict
+
+    written = run_predict(model, bg, fg_bg, out, device)
+    typer.echo(f"predict: {len(written)} files → {out}", err=True)
+
+
 @app.command("check-params")
 @_one_line_errors
 def check_params(params: ParamsOpt = Path("params.yaml")) -> None:

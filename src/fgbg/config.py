@@ -121,6 +121,53 @@ class StatsParams(_Section):
     jobs: int = Field(0, ge=0)
 
 
+class LossWeights(_Section):
+    bce: float = Field(1.0, ge=0)
+    dice: float = Field(1.0, ge=0)
+    l1: float = Field(1.0, ge=0)
+    ssim: float = Field(1.0, ge=0)
+    grad: float = Field(1.0, ge=0)
+
+
+class MlflowParams(_Section):
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    experiment: str = "fgbg"
+    registered_model: str | None = "fgbg-mask-depth"  # null: do not register
+
+
+class TrainParams(_Section):
+    """The mask + depth U-Net and how it is trained."""
+
+    seed: int = 0
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None  # null offline; "imagenet" where downloads work
+    decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
+    image_size: int = Field(0, ge=0)  # train/eval at this side (0 = the data's own size)
+    epochs: int = Field(3, ge=1)
+    steps_per_epoch: int = Field(0, ge=0)  # 0 = the whole train split each epoch
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int = Field(5, ge=1)  # early stop after this many epochs without a better val loss
+    augment_flip: bool = True
+    loss: LossWeights = LossWeights()
+    workers: int = Field(2, ge=0)
+    device: str = "auto"
+    compile: bool = False
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _decoder_depth(self) -> TrainParams:
+        if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
+            raise ValueError("decoder_channels needs 5 positive sizes (one per U-Net stage)")
+        return self
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(64, ge=1)
+    sheet_samples: int = Field(6, ge=1, le=64)
+
+
 class Params(_Section):
     synth: SynthParams = SynthParams()
     prepare: PrepareParams = PrepareParams()
@@ -128,9 +175,8 @@ class Params(_Section):
     compose: ComposeParams = ComposeParams()
     depth: DepthParams = DepthParams()
     stats: StatsParams = StatsParams()
-
-
-MODEL_SECTIONS = frozenset({"train", "evaluate", "predict", "mlflow"})
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _describe(err: ValidationError) -> str:
@@ -153,10 +199,8 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    # Sections read by the model stages are validated by their own modules, not here.
-    known = {k: v for k, v in raw.items() if k not in MODEL_SECTIONS}
     try:
-        return Params.model_validate(known)
+        return Params.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
 
@@ -169,3 +213,18 @@ def resolve_jobs(jobs: int) -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
         return max(1, os.cpu_count() or 1)
+
+
+def resolve_device(device: str):
+    """`auto` → cuda when available, else cpu; ValueError for a device this machine lacks."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device!r} requested but no CUDA device is available")
+    return dev

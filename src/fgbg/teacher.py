@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fgbg.config import resolve_device
 from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M, first_line
 
 # Model families whose `predicted_depth` is metric depth (bigger = farther); the rest (DPT,
@@ -24,18 +25,6 @@ METRIC_MODEL_TYPES = {"glpn", "zoedepth"}
 
 class TeacherError(ValueError):
     """A teacher that cannot be loaded or run; the message names the param and the model."""
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise TeacherError(f"depth.teacher.device: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TeacherError(f"depth.teacher.device: {device!r} requested but no CUDA device is available")
-    return dev
 
 
 @dataclass
@@ -52,7 +41,10 @@ class DepthTeacher:
     def __init__(self, model: str, resolution: int, device: str = "auto"):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        self.device = resolve_device(device)
+        try:
+            self.device = resolve_device(device)
+        except ValueError as e:
+            raise TeacherError(f"depth.teacher.device: {e}") from None
         try:
             self.model = AutoModelForDepthEstimation.from_pretrained(model)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... per cause

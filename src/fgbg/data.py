@@ -1,0 +1,159 @@
+"""Training data from the shards: lean CPU workers, joining and normalisation on the device.
+
+Workers decode only fg_bg (uint8), mask (uint8) and depth (uint16 bits carried as int16) and
+send the bg's number; the bgs live once, as a uint8 table, on the device, and are joined there
+by index (DESIGN.md §4: this is what kept an H100 fed). Shards are read whole by one worker each,
+in an order shuffled per epoch from the seed, so an epoch's samples depend only on seed + epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from fgbg.compose import PreparedSet
+from fgbg.images import decode
+from fgbg.shards import ShardRecord, iter_shard, read_manifest, verify_shard
+
+
+def bg_number(key: str) -> int:
+    """`bg0042_fg0017_f1_p07` → 42 (the prepared bg's position)."""
+    return int(key.split("_", 1)[0][2:])
+
+
+class ShardSamples(IterableDataset):
+    """(fg_bg uint8 H×W×3, mask uint8 H×W, depth int16 H×W (uint16 bits), bg number, key) samples."""
+
+    def __init__(
+        self,
+        composites_dir: Path,
+        depth_dir: Path,
+        split: str,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        verify: bool = True,
+    ):
+        self.composites_dir, self.depth_dir = Path(composites_dir), Path(depth_dir)
+        comp, dep = read_manifest(composites_dir)["shards"], read_manifest(depth_dir)["shards"]
+        self.names = [n for n in comp if n.startswith(f"{split}/")]
+        missing = [n for n in self.names if n not in dep]
+        if missing:
+            raise FileNotFoundError(f"{depth_dir}: no depth shard {missing[0]}; rerun `fgbg depth`")
+        if verify:  # a partial or corrupted shard must never be read as whole
+            for folder, records in ((self.composites_dir, comp), (self.depth_dir, dep)):
+                for n in self.names:
+                    if not verify_shard(folder / n, ShardRecord(**records[n])):
+                        raise ValueError(f"{folder / n}: size or checksum differs from shards.json")
+        self.samples = sum(comp[n]["samples"] for n in self.names)
+        self.shuffle, self.seed, self.rank, self.world = shuffle, seed, rank, world
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __iter__(self):
+        names = list(self.names)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.shuffle:
+            names = [names[i] for i in rng.permutation(len(names))]
+        names = names[self.rank :: self.world]
+        info = get_worker_info()
+        if info is not None:
+            names = names[info.id :: info.num_workers]
+        for name in names:
+            comps = list(iter_shard(self.composites_dir / name))
+            depths = dict(iter_shard(self.depth_dir / name))
+            order = rng.permutation(len(comps)) if self.shuffle else range(len(comps))
+            for i in order:
+                key, files = comps[i]
+                depth = decode(depths[key]["depth.png"]).view(np.int16)
+                yield (
+                    torch.from_numpy(decode(files["jpg"])),
+                    torch.from_numpy(decode(files["mask.png"])),
+                    torch.from_numpy(depth),
+                    bg_number(key),
+                    key,
+                )
+
+
+def make_loader(dataset: ShardSamples, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    workers = min(workers, len(dataset.names))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+
+
+@dataclass
+class Normaliser:
+    """Per-channel mean/std of bg and fg_bg from stats.json, as device tensors."""
+
+    bg_mean: torch.Tensor
+    bg_std: torch.Tensor
+    fg_bg_mean: torch.Tensor
+    fg_bg_std: torch.Tensor
+
+    @classmethod
+    def from_stats(cls, stats_path: Path, device: torch.device) -> Normaliser:
+        stats = json.loads(Path(stats_path).read_text())
+
+        def vec(section: str, what: str) -> torch.Tensor:
+            values = [stats[section][what][c] for c in ("r", "g", "b")]
+            return torch.tensor(values, device=device).view(1, 3, 1, 1)
+
+        return cls(vec("bg", "mean"), vec("bg", "std"), vec("fg_bg", "mean"), vec("fg_bg", "std"))
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k).flatten().tolist() for k in ("bg_mean", "bg_std", "fg_bg_mean", "fg_bg_std")}
+
+    @classmethod
+    def from_dict(cls, d: dict, device: torch.device) -> Normaliser:
+        return cls(**{k: torch.tensor(v, device=device).view(1, 3, 1, 1) for k, v in d.items()})
+
+    def inputs(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> torch.Tensor:
+        """bg, fg_bg float B×3×H×W on [0, 1] → the model's normalised 6-channel input."""
+        return torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
+
+
+def bg_table(prepared_dir: Path, device: torch.device) -> torch.Tensor:
+    """All prepared bgs as one uint8 N×3×H×W tensor on the device (11 MB at seed scale)."""
+    ps = PreparedSet(Path(prepared_dir))
+    return torch.from_numpy(np.stack(ps.bg)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+@dataclass
+class Batch:
+    """A batch on the device: bg, fg_bg in [0, 1]; mask in {0, 1}; depth (inverse) in [0, 1]."""
+
+    bg: torch.Tensor
+    fg_bg: torch.Tensor
+    mask: torch.Tensor
+    depth: torch.Tensor
+
+
+def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip: torch.Generator | None = None):
+    """Collated worker output → Batch: join bgs by index, widen types, resize, optional flips."""
+    fg_bg, mask, depth, bg_idx = raw[:4]
+    fg_bg = fg_bg.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mask = mask.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    depth = (depth.to(device, non_blocking=True).int() & 0xFFFF).unsqueeze(1).float().div_(65535)
+    bg = bgs[bg_idx.to(device)].float().div_(255)
+    if size and size != fg_bg.shape[-1]:
+        bg, fg_bg, depth = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg, depth))
+        mask = (F.interpolate(mask, size=(size, size), mode="area") >= 0.5).float()
+    if flip is not None:  # the same mirror for bg, fg_bg, mask and depth of a sample
+        coin = (torch.rand(fg_bg.shape[0], generator=flip) < 0.5).to(device).view(-1, 1, 1, 1)
+        bg, fg_bg, mask, depth = (torch.where(coin, t.flip(-1), t) for t in (bg, fg_bg, mask, depth))
+    return Batch(bg, fg_bg, mask, depth)

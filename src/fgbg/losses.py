@@ -1,0 +1,48 @@
+"""Losses: mask BCE + Dice; depth L1 + SSIM + image-gradient (DenseDepth-style); weights in params."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fgbg.config import LossWeights
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    return (1 - (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)).mean()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 7, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM map with a uniform window (inputs B×1×H×W)."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    pad = window // 2
+    mu_x = F.avg_pool2d(x, window, 1, pad, count_include_pad=False)
+    mu_y = F.avg_pool2d(y, window, 1, pad, count_include_pad=False)
+    var_x = F.avg_pool2d(x * x, window, 1, pad, count_include_pad=False) - mu_x**2
+    var_y = F.avg_pool2d(y * y, window, 1, pad, count_include_pad=False) - mu_y**2
+    cov = F.avg_pool2d(x * y, window, 1, pad, count_include_pad=False) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+
+
+def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
+
+
+def total_loss(
+    mask_logits: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, depth_gt: torch.Tensor, w: LossWeights
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum and its parts (as floats, for logging)."""
+    mask_logits, depth = mask_logits.float(), depth.float()
+    parts = {
+        "bce": F.binary_cross_entropy_with_logits(mask_logits, mask),
+        "dice": dice_loss(mask_logits, mask),
+        "l1": (depth - depth_gt).abs().mean(),
+        "ssim": ((1 - ssim(depth, depth_gt)) / 2).clamp(0, 1).mean(),
+        "grad": gradient_loss(depth, depth_gt),
+    }
+    total = sum(getattr(w, k) * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -1,0 +1,52 @@
+"""Per-sample test metrics. Mask: IoU, Dice, boundary F. Depth (inverse depth on [0, 1]): AbsRel,
+RMSE, δ<1.25^k, SSIM. AbsRel and δ use pixels with gt > 0 (sky, infinitely far, is 0)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fgbg.losses import ssim
+
+MASK_METRICS = ("iou", "dice", "boundary_f")
+DEPTH_METRICS = ("absrel", "rmse", "delta1", "delta2", "delta3", "ssim")
+DEPTH_VALID_MIN = 1.0 / 65535
+
+
+def _erode(m: torch.Tensor) -> torch.Tensor:
+    return -F.max_pool2d(-m, 3, 1, 1)
+
+
+def _dilate(m: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.max_pool2d(m, 2 * radius + 1, 1, radius)
+
+
+def mask_metrics(pred: torch.Tensor, gt: torch.Tensor, tolerance: int = 2) -> dict[str, torch.Tensor]:
+    """pred, gt: B×1×H×W in {0, 1} → per-sample IoU, Dice, boundary F-score (tolerance in px)."""
+    inter = (pred * gt).flatten(1).sum(1)
+    ps, gs = pred.flatten(1).sum(1), gt.flatten(1).sum(1)
+    union = ps + gs - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    dice = torch.where(ps + gs > 0, 2 * inter / (ps + gs).clamp_min(1), torch.ones_like(union))
+    bp, bg = pred - _erode(pred), gt - _erode(gt)
+    hit_p = (bp * _dilate(bg, tolerance)).flatten(1).sum(1)
+    hit_g = (bg * _dilate(bp, tolerance)).flatten(1).sum(1)
+    n_p, n_g = bp.flatten(1).sum(1), bg.flatten(1).sum(1)
+    precision = torch.where(n_p > 0, hit_p / n_p.clamp_min(1), (n_g == 0).float())
+    recall = torch.where(n_g > 0, hit_g / n_g.clamp_min(1), (n_p == 0).float())
+    bf = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
+    return {"iou": iou, "dice": dice, "boundary_f": bf}
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
+    """pred, gt: B×1×H×W inverse depth on [0, 1] → per-sample AbsRel, RMSE, δ1–3, SSIM."""
+    valid = (gt >= DEPTH_VALID_MIN).float()
+    n = valid.flatten(1).sum(1).clamp_min(1)
+    p = pred.clamp_min(1e-6)
+    absrel = (((p - gt).abs() / gt.clamp_min(DEPTH_VALID_MIN)) * valid).flatten(1).sum(1) / n
+    ratio = torch.maximum(p / gt.clamp_min(DEPTH_VALID_MIN), gt / p)
+    out = {"absrel": absrel, "rmse": ((pred - gt) ** 2).flatten(1).mean(1).sqrt()}
+    for k in (1, 2, 3):
+        out[f"delta{k}"] = ((ratio < 1.25**k).float() * valid).flatten(1).sum(1) / n
+    out["ssim"] = ssim(pred.clamp(0, 1), gt).flatten(1).mean(1)
+    return out

@@ -1,0 +1,68 @@
+"""`fgbg predict`: bg + fg_bg photos (any size) → mask PNG, 16-bit depth PNG, colour depth, overlay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fgbg.config import resolve_device
+from fgbg.images import IMAGE_SUFFIXES, atomic_write_bytes, depth_to_colour, encode_png, load_raw_image
+from fgbg.train import forward, load_model
+
+_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
+
+
+def pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
+    """Two files, or two folders whose images are matched by file name."""
+    bg, fg_bg = Path(bg), Path(fg_bg)
+    if bg.is_file() and fg_bg.is_file():
+        return [(bg, fg_bg)]
+    if bg.is_dir() and fg_bg.is_dir():
+        found = [(bg / p.name, p) for p in sorted(fg_bg.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        matched = [(b, f) for b, f in found if b.is_file()]
+        if not matched:
+            raise FileNotFoundError(f"{fg_bg}: no image with the same name in {bg}")
+        return matched
+    raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders")
+
+
+@torch.inference_mode()
+def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto") -> list[Path]:
+    """Predict each pair at the model's input size; outputs are resized back to the photo's size."""
+    dev = resolve_device(device)
+    model, norm, _, saved = load_model(Path(model_path), dev)
+    size = int(saved["input_size"])
+    written = []
+    for bg_path, fg_bg_path in pairs(bg, fg_bg):
+        bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
+        fg_bg_img = load_raw_image(fg_bg_path, **_LIMITS).pixels[..., :3]
+        h, w = fg_bg_img.shape[:2]
+
+        def tensor(img):
+            t = torch.from_numpy(np.array(img)).to(dev).permute(2, 0, 1)[None].float() / 255
+            return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+        from fgbg.data import Batch
+
+        batch = Batch(tensor(bg_img), tensor(fg_bg_img), None, None)
+        mask_logits, depth = forward(model, norm, batch, dev)
+        prob = F.interpolate(torch.sigmoid(mask_logits), size=(h, w), mode="bilinear", align_corners=False)
+        depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
+        mask = ((prob[0, 0] >= 0.5).byte() * 255).cpu().numpy()
+        depth16 = (depth[0, 0].clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+        overlay = fg_bg_img.copy()
+        tint = np.array([255, 40, 40], np.float32)
+        overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(overlay, contours, -1, (255, 255, 0), 1)
+        stem = fg_bg_path.stem
+        for suffix, img in (("mask", mask), ("depth", depth16), ("depth_color", depth_to_colour(depth16)),
+                            ("overlay", overlay)):  # fmt: skip
+            path = Path(out_dir) / f"{stem}_{suffix}.png"
+            atomic_write_bytes(path, encode_png(img, 3))
+            written.append(path)
+    return written

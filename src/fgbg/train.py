@@ -1,0 +1,300 @@
+"""`train` stage: the mask + depth U-Net on the train split, validated each epoch, tracked in MLflow.
+
+Checkpoints hold model, optimiser, scheduler, epoch, history and every RNG state, so `--resume`
+continues exactly where a killed run stopped (same weights as an uninterrupted run on CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fgbg.config import TrainParams, resolve_device
+from fgbg.data import Batch, Normaliser, ShardSamples, bg_table, make_loader, to_device
+from fgbg.images import atomic_write_bytes, contact_sheet
+from fgbg.losses import total_loss
+from fgbg.metrics import depth_metrics, mask_metrics
+from fgbg.model import build_model, split_outputs
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_delta1", "val_absrel", "lr"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: str(v)})
+    return out
+
+
+def forward(model, norm: Normaliser, batch: Batch, device: torch.device):
+    x = norm.inputs(batch.bg, batch.fg_bg)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        out = model(x)
+    return split_outputs(out.float())
+
+
+def prediction_sheet(batch: Batch, mask_logits: torch.Tensor, depth: torch.Tensor, n: int) -> np.ndarray:
+    """bg | fg_bg | mask gt | mask pred | depth gt | depth pred for the first n samples."""
+
+    def img(t):
+        return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    def dep(t):
+        return (t[0].clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+
+    rows = []
+    for i in range(min(n, batch.bg.shape[0])):
+        pred_mask = (mask_logits[i] > 0).float()
+        rows.append([img(batch.bg[i]), img(batch.fg_bg[i]), img(batch.mask[i])[..., 0],
+                     img(pred_mask)[..., 0], dep(batch.depth[i]), dep(depth[i])])  # fmt: skip
+    return contact_sheet(rows)
+
+
+class MlflowRun:
+    """The run's MLflow calls in one place: params, tags, metrics, images, the model."""
+
+    def __init__(self, params: TrainParams, all_params: dict, run_id: str | None, tags: dict):
+        import os
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines: no phoning home
+        os.environ.setdefault("DO_NOT_TRACK", "true")
+        import mlflow
+
+        self.mlflow = mlflow
+        uri = params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(params.mlflow.experiment)
+        self.run = mlflow.start_run(run_id=run_id)
+        if run_id is None:
+            mlflow.log_params(flatten(all_params))
+            mlflow.set_tags(tags)
+        self.run_id = self.run.info.run_id
+
+    def epoch(self, row: dict, sheet: np.ndarray) -> None:
+        epoch = int(row["epoch"])
+        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
+        self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
+
+    def finish(self, model, example: np.ndarray, checkpoint: Path, registered: str | None) -> None:
+        from mlflow.models import infer_signature
+
+        self.mlflow.log_artifact(str(checkpoint), "checkpoint")
+        model = model.float().cpu().eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(example)).numpy()
+        self.mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, out),
+            input_example=example,
+            registered_model_name=registered,
+        )
+        self.mlflow.end_run()
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        return ""
+
+
+def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The md5 of each data output in dvc.lock: which data this run trained on."""
+    import yaml
+
+    if not lock.exists():
+        return {}
+    tags = {}
+    for stage, spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).items():
+        for out in spec.get("outs", []):
+            tags[f"dvc.{stage}.{out['path']}"] = out.get("md5", "")
+    return tags
+
+
+def run_train(
+    params: TrainParams,
+    all_params: dict,
+    prepared_dir: Path,
+    composites_dir: Path,
+    depth_dir: Path,
+    stats_path: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    history_csv: Path = Path("metrics/train_history.csv"),
+    log=print,
+) -> dict:
+    """Train, keep the best-val weights in `out_dir/model.pt`; return the history."""
+    out_dir = Path(out_dir)
+    device = resolve_device(params.device)
+    seed_everything(params.seed)
+    train_set = ShardSamples(composites_dir, depth_dir, "train", shuffle=True, seed=params.seed)
+    val_set = ShardSamples(composites_dir, depth_dir, "val", shuffle=False)
+    if not train_set.names or not val_set.names:
+        raise ValueError(f"{composites_dir}: training needs train and val shards (check split.*)")
+    bgs = bg_table(prepared_dir, device)
+    norm = Normaliser.from_stats(stats_path, device)
+    model = build_model(params).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    steps = math.ceil(len(train_set) / params.batch_size)
+    steps = min(steps, params.steps_per_epoch) if params.steps_per_epoch else steps
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=device.type == "cuda"
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=params.epochs * steps)
+    flip_rng = torch.Generator().manual_seed(params.seed)
+    history: list[dict] = []
+    start_epoch, best, stale, run_id = 1, math.inf, 0, None
+    ckpt_path = out_dir / CHECKPOINT
+    history_csv = Path(history_csv)
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        flip_rng.set_state(ckpt["flip_rng"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["stale"]
+        history, run_id = ckpt["history"], ckpt["mlflow_run_id"]
+        log(f"resuming after epoch {ckpt['epoch']}")
+    tags = {"git_commit": git_commit(), **dvc_hashes()}
+    tracker = MlflowRun(params, all_params, run_id, tags)
+    net = torch.compile(model) if params.compile else model
+
+    for epoch in range(start_epoch, params.epochs + 1):
+        if stale >= params.patience:
+            break
+        train_set.epoch = epoch
+        model.train()
+        losses = []
+        loader = make_loader(train_set, params.batch_size, params.workers, device)
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True)
+        for step, raw in enumerate(loader):
+            if step >= steps:
+                break
+            batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
+            mask_logits, depth = forward(net, norm, batch, device)
+            loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(1)
+        bar.close()
+        val = evaluate_split(net, norm, val_set, bgs, device, params)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+               "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
+               "lr": sched.get_last_lr()[0]}  # fmt: skip
+        history.append(row)
+        _write_history(history, history_csv)
+        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+        tracker.epoch(row, val["sheet"])
+        if val["loss"] < best:
+            best, stale = val["loss"], 0
+            model_file = _model_file(model, params, norm, tracker.run_id, epoch, int(bgs.shape[-1]))
+            save_atomic(model_file, out_dir / "model.pt")
+        else:
+            stale += 1
+        save_atomic(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rng_state(),
+             "flip_rng": flip_rng.get_state(), "mlflow_run_id": tracker.run_id},
+            ckpt_path,
+        )  # fmt: skip
+    example = torch.zeros(1, 6, 64, 64).numpy()
+    tracker.finish(model, example, ckpt_path, params.mlflow.registered_model)
+    return {"history": history, "mlflow_run_id": tracker.run_id}
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    """Per-epoch curves for `dvc plots`."""
+    lines = [",".join(HISTORY_FIELDS)] + [",".join(f"{row[k]:.6g}" for k in HISTORY_FIELDS) for row in history]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _model_file(model, params: TrainParams, norm: Normaliser, run_id: str, epoch: int, data_size: int) -> dict:
+    """What predict/evaluate need: weights, architecture, normalisation, input size, provenance."""
+    return {
+        "input_size": params.image_size or data_size,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "train_params": params.model_dump(),
+        "normaliser": norm.as_dict(),
+        "mlflow_run_id": run_id,
+        "epoch": epoch,
+    }
+
+
+@torch.inference_mode()
+def evaluate_split(model, norm, dataset, bgs, device, params: TrainParams, sheet_samples: int = 6) -> dict:
+    """Mean loss and metrics over a split; the first batch's predictions as a contact sheet."""
+    model.eval()
+    sums: dict[str, float] = {}
+    n, sheet = 0, None
+    for raw in make_loader(dataset, params.batch_size, params.workers, device):
+        batch = to_device(raw, bgs, device, params.image_size)
+        mask_logits, depth = forward(model, norm, batch, device)
+        loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
+        b = batch.bg.shape[0]
+        per = {**mask_metrics((mask_logits > 0).float(), batch.mask), **depth_metrics(depth, batch.depth)}
+        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
+        for k, v in per.items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+        n += b
+        if sheet is None:
+            sheet = prediction_sheet(batch, mask_logits, depth, sheet_samples)
+    model.train()
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "sheet": sheet}
+
+
+def load_model(path: Path, device: torch.device):
+    """model.pt → (eval-mode model on device, Normaliser, train params dict, file contents)."""
+    from fgbg.config import TrainParams
+
+    data = torch.load(path, map_location="cpu", weights_only=False)
+    params = TrainParams.model_validate(data["train_params"])
+    model = build_model(params)
+    model.load_state_dict(data["model"])
+    return model.to(device).eval(), Normaliser.from_dict(data["normaliser"], device), params, data

@@ -1,0 +1,181 @@
+"""The mask + depth model: learning, metrics, resume, evaluate, predict and MLflow tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fgbg.config import EvaluateParams, StatsParams, TrainParams
+from fgbg.data import Normaliser, ShardSamples, bg_table, make_loader, to_device
+from fgbg.evaluate import run_evaluate
+from fgbg.losses import total_loss
+from fgbg.metrics import depth_metrics, mask_metrics
+from fgbg.model import build_model
+from fgbg.predict import run_predict
+from fgbg.stats import run_stats
+from fgbg.train import forward, run_train
+
+
+def quiet(*a, **k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_stats(tiny_prepared, tiny_composites, tiny_depth, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stats") / "stats.json"
+    run_stats(StatsParams(jobs=1), tiny_prepared, tiny_composites, tiny_depth, out)
+    return out
+
+
+def tiny_params(tmp_path: Path, **kw) -> TrainParams:
+    base = dict(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], image_size=32, epochs=2,
+                steps_per_epoch=2, batch_size=4, workers=0, device="cpu",
+                mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})  # fmt: skip
+    return TrainParams(**{**base, **kw})
+
+
+def unregistered(tmp_path: Path) -> dict:
+    return {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "registered_model": None}
+
+
+def train(params, data, out: Path, **kw):
+    prepared, composites, depth, stats = data
+    return run_train(params, {"train": params.model_dump()}, prepared, composites, depth, stats, out,
+                     history_csv=out / "history.csv", log=quiet, **kw)  # fmt: skip
+
+
+@pytest.fixture
+def data(tiny_prepared, tiny_composites, tiny_depth, tiny_stats):
+    return tiny_prepared, tiny_composites, tiny_depth, tiny_stats
+
+
+def test_metrics_match_hand_computed_values():
+    pred = torch.zeros(1, 1, 4, 4)
+    gt = torch.zeros(1, 1, 4, 4)
+    pred[..., :2, :2] = 1  # 4 px
+    gt[..., :2, :3] = 1  # 6 px, 4 shared
+    m = mask_metrics(pred, gt)
+    assert m["iou"].item() == pytest.approx(4 / 6) and m["dice"].item() == pytest.approx(8 / 10)
+    assert mask_metrics(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))["iou"].item() == 1.0
+
+    gt_d = torch.tensor([[[[0.5, 0.5], [0.2, 0.0]]]])  # last pixel is sky: ignored by AbsRel and δ
+    pred_d = torch.tensor([[[[0.5, 0.6], [0.3, 0.9]]]])
+    d = depth_metrics(pred_d, gt_d)
+    assert d["absrel"].item() == pytest.approx((0 + 0.1 / 0.5 + 0.1 / 0.2) / 3)
+    assert d["delta1"].item() == pytest.approx(2 / 3)  # 1.0 and 1.2 pass, 1.5 does not
+    assert d["delta2"].item() == pytest.approx(3 / 3)
+    assert d["rmse"].item() == pytest.approx(np.sqrt((0 + 0.01 + 0.01 + 0.81) / 4))
+
+
+def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(data, tmp_path):
+    prepared, composites, depth, stats = data
+    params = tiny_params(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(params)
+    dev = torch.device("cpu")
+    batch = to_device(next(iter(make_loader(ShardSamples(composites, depth, "train", shuffle=False), 4, 0, dev))),
+                      bg_table(prepared, dev), dev, 32)  # fmt: skip
+    norm = Normaliser.from_stats(stats, dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def loss():
+        return total_loss(*forward(model, norm, batch, dev), batch.mask, batch.depth, params.loss)[0]
+
+    before = loss()
+    for _ in range(3):
+        opt.zero_grad()
+        step_loss = loss()
+        step_loss.backward()
+        opt.step()
+    assert loss().item() < before.item()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    params = tiny_params(tmp_path)
+    train(params, data, tmp_path / "straight")
+
+    import fgbg.train as train_module
+
+    real_epoch = train_module.MlflowRun.epoch
+
+    def killed_in_epoch_2(self, row, sheet):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
+        real_epoch(self, row, sheet)
+
+    monkeypatch.setattr(train_module.MlflowRun, "epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, data, tmp_path / "resumed")
+    mlflow.end_run()
+    monkeypatch.setattr(train_module.MlflowRun, "epoch", real_epoch)
+    result = train(params, data, tmp_path / "resumed", resume=True)
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_registered_model(data, tmp_path):
+    params = tiny_params(tmp_path, epochs=1)
+    result = train(params, data, tmp_path / "m")
+    prepared, composites, depth, _ = data
+    run_evaluate(EvaluateParams(batch_size=8, sheet_samples=2), tmp_path / "m" / "model.pt", prepared, composites,
+                 depth, tmp_path / "metrics", device="cpu", log=quiet)  # fmt: skip
+    client = mlflow.tracking.MlflowClient(tracking_uri=params.mlflow.tracking_uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["train.encoder"] == "resnet18"
+    assert {"train_loss", "val_loss", "val_iou", "test_iou", "test_delta1"} <= set(run.data.metrics)
+    assert "git_commit" in run.data.tags
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"predictions", "checkpoint", "evaluate"} <= top
+    sheets = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
+    assert sheets and sheets[0].endswith(".png")
+    versions = client.search_model_versions("name='fgbg-mask-depth'")
+    assert any(v.run_id == run.info.run_id for v in versions)
+
+
+def test_evaluate_writes_metrics_table_and_sheet(data, tmp_path):
+    params = tiny_params(
+        tmp_path, epochs=1, mlflow={"tracking_uri": f"sqlite:///{tmp_path}/m.db", "registered_model": None}
+    )
+    train(params, data, tmp_path / "m")
+    prepared, composites, depth, _ = data
+    result = run_evaluate(EvaluateParams(batch_size=8, sheet_samples=4), tmp_path / "m" / "model.pt", prepared,
+                          composites, depth, tmp_path / "metrics", device="cpu", log=quiet)  # fmt: skip
+    assert json.loads((tmp_path / "metrics" / "test.json").read_text()) == result
+    lines = (tmp_path / "metrics" / "test_samples.csv").read_text().splitlines()
+    assert lines[0].startswith("key,iou,dice,boundary_f,absrel") and len(lines) == 1 + result["samples"]
+    assert all(0 <= result[k] <= 1 for k in ("iou", "dice", "boundary_f", "delta1", "delta2", "delta3"))
+    sheet = np.asarray(Image.open(tmp_path / "metrics" / "test_sheet.png"))
+    assert sheet.shape[0] >= 4 * 32
+
+
+def test_predict_returns_outputs_at_the_input_photo_size(data, tmp_path):
+    params = tiny_params(
+        tmp_path, epochs=1, mlflow={"tracking_uri": f"sqlite:///{tmp_path}/m.db", "registered_model": None}
+    )
+    train(params, data, tmp_path / "m")
+    rng = np.random.default_rng(0)
+    (tmp_path / "bg").mkdir()
+    (tmp_path / "fg_bg").mkdir()
+    for name, (h, w) in (("a.png", (70, 100)), ("b.jpg", (45, 45))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "bg" / name)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "fg_bg" / name)
+    written = run_predict(tmp_path / "m" / "model.pt", tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu")
+    assert len(written) == 8
+    mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
+    depth = np.asarray(Image.open(tmp_path / "out" / "a_depth.png"))
+    assert mask.shape == (70, 100) and set(np.unique(mask)) <= {0, 255}
+    assert depth.shape == (70, 100) and depth.dtype == np.uint16
+    assert np.asarray(Image.open(tmp_path / "out" / "b_overlay.png")).shape == (45, 45, 3)
+
+
+def test_unknown_encoder_is_a_clear_error():
+    with pytest.raises(ValueError, match="train.encoder"):
+        build_model(TrainParams(encoder="resnet9000"))
