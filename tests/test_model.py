@@ -64,13 +64,20 @@ def test_metrics_match_hand_computed_values():
     assert m["iou"].item() == pytest.approx(4 / 6) and m["dice"].item() == pytest.approx(8 / 10)
     assert mask_metrics(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))["iou"].item() == 1.0
 
-    gt_d = torch.tensor([[[[0.5, 0.5], [0.2, 0.0]]]])  # last pixel is sky: ignored by AbsRel and δ
-    pred_d = torch.tensor([[[[0.5, 0.6], [0.3, 0.9]]]])
+    from fgbg.metrics import to_metres
+
+    # depth in metres 2, 4, 10 and sky; as stored: normalised inverse depth
+    def inv(m):
+        return (1 / m - 1 / 200) / (1 - 1 / 200)
+
+    gt_d = torch.tensor([[[[inv(2.0), inv(4.0)], [inv(10.0), 0.0]]]])
+    pred_d = torch.tensor([[[[inv(2.0), inv(4.8)], [inv(20.0), 0.9]]]])  # sky pixel: ignored
+    assert to_metres(gt_d)[0, 0, 1, 0].item() == pytest.approx(10.0)
     d = depth_metrics(pred_d, gt_d)
-    assert d["absrel"].item() == pytest.approx((0 + 0.1 / 0.5 + 0.1 / 0.2) / 3)
-    assert d["delta1"].item() == pytest.approx(2 / 3)  # 1.0 and 1.2 pass, 1.5 does not
-    assert d["delta2"].item() == pytest.approx(3 / 3)
-    assert d["rmse"].item() == pytest.approx(np.sqrt((0 + 0.01 + 0.01 + 0.81) / 4))
+    assert d["absrel"].item() == pytest.approx((0 + 0.8 / 4 + 10 / 10) / 3, rel=1e-4)
+    assert d["delta1"].item() == pytest.approx(2 / 3)  # ratios 1.0 and 1.2 pass, 2.0 does not
+    assert d["delta3"].item() == pytest.approx(2 / 3)  # 2.0 > 1.25³
+    assert d["rmse"].item() == pytest.approx(np.sqrt((0 + 0.64 + 100) / 3), rel=1e-4)
 
 
 def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(data, tmp_path):
@@ -179,3 +186,43 @@ def test_predict_returns_outputs_at_the_input_photo_size(data, tmp_path):
 def test_unknown_encoder_is_a_clear_error():
     with pytest.raises(ValueError, match="train.encoder"):
         build_model(TrainParams(encoder="resnet9000"))
+
+
+def test_onnx_export_matches_torch(data, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fgbg.export import run_export
+
+    params = tiny_params(tmp_path, epochs=1, mlflow=unregistered(tmp_path))
+    train(params, data, tmp_path / "m")
+    report = run_export(tmp_path / "m" / "model.pt", tmp_path / "model.onnx")
+    assert (tmp_path / "model.onnx").stat().st_size > 10_000
+    assert report["max_abs_diff"] < 1e-3
+
+
+def test_torchrun_ddp_trains_with_two_cpu_processes(data, tmp_path):
+    """`torchrun --nproc_per_node 2 -m fgbg.cli train` starts, shares shards, and rank 0 saves."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import TINY_COMPOSE, TINY_SPLIT
+
+    from fgbg.compose import run_compose
+    from fgbg.config import DepthParams
+    from fgbg.depth import run_depth
+
+    prepared, _, _, stats = data
+    composites, depth = tmp_path / "composites", tmp_path / "depth"  # small shards: one per rank at least
+    run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 6}), TINY_SPLIT, prepared, composites)
+    run_depth(DepthParams(jobs=1, preview_samples=0), prepared, composites, depth)
+    params = tiny_params(tmp_path, epochs=1, mlflow=unregistered(tmp_path))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump()}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fgbg.cli", "train", "-p", str(tmp_path / "params.yaml"), "--prepared", str(prepared),
+           "--composites", str(composites), "--depth", str(depth), "--stats", str(stats),
+           "--out", str(tmp_path / "ddp")]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = torch.load(tmp_path / "ddp" / "model.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in saved["model"])  # the bare model, not the DDP wrapper
+    assert "train: 1 epochs" in res.stderr

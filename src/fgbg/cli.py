@@ -210,6 +210,19 @@ def predict(
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 
+@app.command()
+@_one_line_errors
+def export(
+    model: Path = MODELS / "model.pt",
+    out: Path = MODELS / "model.onnx",
+    check: Annotated[bool, typer.Option(help="Compare onnxruntime's output with torch's.")] = True,
+) -> None:
+    """Export the model to ONNX (inputs bg, fg_bg on [0, 1]; outputs mask probability, depth)."""
+    from fgbg.export import run_export
+
+    typer.echo(json.dumps(run_export(model, out, check)), err=True)
+
+
 @app.command("check-params")
 @_one_line_errors
 def check_params(params: ParamsOpt = Path("params.yaml")) -> None:

@@ -1,11 +1,13 @@
-"""Per-sample test metrics. Mask: IoU, Dice, boundary F. Depth (inverse depth on [0, 1]): AbsRel,
-RMSE, δ<1.25^k, SSIM. AbsRel and δ use pixels with gt > 0 (sky, infinitely far, is 0)."""
+"""Per-sample test metrics. Mask: IoU, Dice, boundary F. Depth: AbsRel, RMSE (metres) and
+δ<1.25^k on depth decoded through the project's fixed convention (inverse depth on [0, 1] ↔
+1–200 m), over pixels that are not sky (gt > 0); SSIM on the inverse-depth maps themselves."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M
 from fgbg.losses import ssim
 
 MASK_METRICS = ("iou", "dice", "boundary_f")
@@ -38,14 +40,21 @@ def mask_metrics(pred: torch.Tensor, gt: torch.Tensor, tolerance: int = 2) -> di
     return {"iou": iou, "dice": dice, "boundary_f": bf}
 
 
+def to_metres(inverse: torch.Tensor) -> torch.Tensor:
+    """Normalised inverse depth (the 16-bit convention, on [0, 1]) → z-depth in metres."""
+    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
+    return 1.0 / (inverse.clamp(0, 1) * (hi - lo) + lo)
+
+
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pred, gt: B×1×H×W inverse depth on [0, 1] → per-sample AbsRel, RMSE, δ1–3, SSIM."""
+    """pred, gt: B×1×H×W inverse depth on [0, 1] → per-sample AbsRel, RMSE (m), δ1–3, SSIM."""
     valid = (gt >= DEPTH_VALID_MIN).float()
     n = valid.flatten(1).sum(1).clamp_min(1)
-    p = pred.clamp_min(1e-6)
-    absrel = (((p - gt).abs() / gt.clamp_min(DEPTH_VALID_MIN)) * valid).flatten(1).sum(1) / n
-    ratio = torch.maximum(p / gt.clamp_min(DEPTH_VALID_MIN), gt / p)
-    out = {"absrel": absrel, "rmse": ((pred - gt) ** 2).flatten(1).mean(1).sqrt()}
+    p, g = to_metres(pred), to_metres(gt)
+    absrel = ((p - g).abs() / g * valid).flatten(1).sum(1) / n
+    ratio = torch.maximum(p / g, g / p)
+    rmse = (((p - g) ** 2 * valid).flatten(1).sum(1) / n).sqrt()
+    out = {"absrel": absrel, "rmse": rmse}
     for k in (1, 2, 3):
         out[f"delta{k}"] = ((ratio < 1.25**k).float() * valid).flatten(1).sum(1) / n
     out["ssim"] = ssim(pred.clamp(0, 1), gt).flatten(1).mean(1)

@@ -164,26 +164,33 @@ def run_train(
     history_csv: Path = Path("metrics/train_history.csv"),
     log=print,
 ) -> dict:
-    """Train, keep the best-val weights in `out_dir/model.pt`; return the history."""
+    """Train, keep the best-val weights in `out_dir/model.pt`; return the history.
+
+    Under `torchrun` (WORLD_SIZE > 1) each process trains on its share of the train shards with
+    DistributedDataParallel (NCCL on GPUs, gloo on CPUs); rank 0 validates, logs and saves.
+    """
     out_dir = Path(out_dir)
-    device = resolve_device(params.device)
+    rank, world, device = init_distributed(params.device)
+    lead = rank == 0
     seed_everything(params.seed)
-    train_set = ShardSamples(composites_dir, depth_dir, "train", shuffle=True, seed=params.seed)
+    train_set = ShardSamples(composites_dir, depth_dir, "train", shuffle=True, seed=params.seed, rank=rank, world=world)
     val_set = ShardSamples(composites_dir, depth_dir, "val", shuffle=False)
     if not train_set.names or not val_set.names:
         raise ValueError(f"{composites_dir}: training needs train and val shards (check split.*)")
+    if len(train_set.names) < world:
+        raise ValueError(f"{len(train_set.names)} train shards for {world} processes: lower compose.shard_size")
     bgs = bg_table(prepared_dir, device)
     norm = Normaliser.from_stats(stats_path, device)
     model = build_model(params).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    steps = math.ceil(len(train_set) / params.batch_size)
+    steps = math.ceil(len(train_set) / (params.batch_size * world))
     steps = min(steps, params.steps_per_epoch) if params.steps_per_epoch else steps
     opt = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=device.type == "cuda"
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=params.epochs * steps)
-    flip_rng = torch.Generator().manual_seed(params.seed)
+    flip_rng = torch.Generator().manual_seed(params.seed + rank)
     history: list[dict] = []
     start_epoch, best, stale, run_id = 1, math.inf, 0, None
     ckpt_path = out_dir / CHECKPOINT
@@ -198,9 +205,13 @@ def run_train(
         start_epoch, best, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["stale"]
         history, run_id = ckpt["history"], ckpt["mlflow_run_id"]
         log(f"resuming after epoch {ckpt['epoch']}")
-    tags = {"git_commit": git_commit(), **dvc_hashes()}
-    tracker = MlflowRun(params, all_params, run_id, tags)
-    net = torch.compile(model) if params.compile else model
+    tracker = MlflowRun(params, all_params, run_id, {"git_commit": git_commit(), **dvc_hashes()}) if lead else None
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    net = torch.compile(net) if params.compile else net
 
     for epoch in range(start_epoch, params.epochs + 1):
         if stale >= params.patience:
@@ -208,11 +219,10 @@ def run_train(
         train_set.epoch = epoch
         model.train()
         losses = []
-        loader = make_loader(train_set, params.batch_size, params.workers, device)
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True)
-        for step, raw in enumerate(loader):
-            if step >= steps:
-                break
+        bar = tqdm(
+            total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True, disable=not lead
+        )
+        for _, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
             batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
             mask_logits, depth = forward(net, norm, batch, device)
             loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
@@ -224,29 +234,63 @@ def run_train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             bar.update(1)
         bar.close()
-        val = evaluate_split(net, norm, val_set, bgs, device, params)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
-               "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
-               "lr": sched.get_last_lr()[0]}  # fmt: skip
-        history.append(row)
-        _write_history(history, history_csv)
-        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
-        tracker.epoch(row, val["sheet"])
-        if val["loss"] < best:
-            best, stale = val["loss"], 0
-            model_file = _model_file(model, params, norm, tracker.run_id, epoch, int(bgs.shape[-1]))
-            save_atomic(model_file, out_dir / "model.pt")
-        else:
-            stale += 1
-        save_atomic(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rng_state(),
-             "flip_rng": flip_rng.get_state(), "mlflow_run_id": tracker.run_id},
-            ckpt_path,
-        )  # fmt: skip
-    example = torch.zeros(1, 6, 64, 64).numpy()
-    tracker.finish(model, example, ckpt_path, params.mlflow.registered_model)
-    return {"history": history, "mlflow_run_id": tracker.run_id}
+        if lead:
+            val = evaluate_split(model, norm, val_set, bgs, device, params)  # bare: no DDP collectives
+            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+                   "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
+                   "lr": sched.get_last_lr()[0]}  # fmt: skip
+            history.append(row)
+            _write_history(history, history_csv)
+            log(json.dumps({k: round(x, 5) if isinstance(x, float) else x for k, x in row.items()}))
+            tracker.epoch(row, val["sheet"])
+            if val["loss"] < best:
+                best, stale = val["loss"], 0
+                save_atomic(
+                    _model_file(model, params, norm, tracker.run_id, epoch, bgs.shape[-1]), out_dir / "model.pt"
+                )
+            else:
+                stale += 1
+            save_atomic(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rng_state(),
+                 "flip_rng": flip_rng.get_state(), "mlflow_run_id": tracker.run_id},
+                ckpt_path,
+            )  # fmt: skip
+        if world > 1:
+            shared = [best, stale, history]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            best, stale, history = shared
+    run_id = None
+    if lead:
+        example = torch.zeros(1, 6, 64, 64).numpy()
+        tracker.finish(model, example, ckpt_path, params.mlflow.registered_model)
+        run_id = tracker.run_id
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return {"history": history, "mlflow_run_id": run_id}
+
+
+def _batches(dataset: ShardSamples, params: TrainParams, device: torch.device):
+    """The epoch's batches, starting over if this process's shards run out first (DDP ranks must
+    take the same number of steps)."""
+    while True:
+        yield from make_loader(dataset, params.batch_size, params.workers, device)
+
+
+def init_distributed(device_param: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) — from torchrun's environment, or a single process."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_param)
+    if world == 1:
+        return 0, 1, device
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def _write_history(history: list[dict], path: Path) -> None:
@@ -258,7 +302,7 @@ def _write_history(history: list[dict], path: Path) -> None:
 def _model_file(model, params: TrainParams, norm: Normaliser, run_id: str, epoch: int, data_size: int) -> dict:
     """What predict/evaluate need: weights, architecture, normalisation, input size, provenance."""
     return {
-        "input_size": params.image_size or data_size,
+        "input_size": params.image_size or int(data_size),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "train_params": params.model_dump(),
         "normaliser": norm.as_dict(),

@@ -1,0 +1,95 @@
+"""Training throughput: end to end from shards vs the model-only ceiling on synthetic tensors.
+
+    python benchmarks/train.py --data /tmp/bench --steps 10 --batch-size 16          # CPU, quick
+    python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
+
+--data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
+Both loops run the same step (forward, loss, backward, AdamW; bf16 + channels_last on CUDA); the
+ratio says how much of the ceiling the data pipeline lets through. Figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from fgbg.config import TrainParams, resolve_device
+from fgbg.data import Batch, Normaliser, ShardSamples, bg_table, make_loader, to_device
+from fgbg.losses import total_loss
+from fgbg.model import build_model
+from fgbg.train import forward
+
+
+def timed_steps(step, batches, warmup: int, steps: int, batch_size: int, device) -> float:
+    """samples/s over `steps` steps after `warmup` steps."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(next(it))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(next(it))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--encoder", default="resnet34")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+
+    params = TrainParams(encoder=args.encoder, batch_size=args.batch_size, workers=args.workers)
+    device = resolve_device("auto")
+    model = build_model(params).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if args.compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    one = torch.ones(1, 3, 1, 1, device=device)
+    norm = Normaliser(0.5 * one, 0.25 * one, 0.5 * one, 0.25 * one)
+
+    def step(batch: Batch) -> None:
+        mask_logits, depth = forward(net, norm, batch, device)
+        loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    train_set = ShardSamples(args.data / "composites", args.data / "depth", "train", shuffle=True, verify=False)
+    bgs = bg_table(args.data / "prepared", device)
+    size = bgs.shape[-1]
+
+    def synthetic():
+        b = args.batch_size
+        while True:
+            yield Batch(torch.rand(b, 3, size, size, device=device), torch.rand(b, 3, size, size, device=device),
+                        (torch.rand(b, 1, size, size, device=device) > 0.9).float(),
+                        torch.rand(b, 1, size, size, device=device))  # fmt: skip
+
+    def from_shards():
+        while True:
+            for raw in make_loader(train_set, args.batch_size, args.workers, device):
+                yield to_device(raw, bgs, device, 0, None)
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}; UNet-{args.encoder} at {size}x{size}, batch {args.batch_size}, "
+          f"{'compiled' if args.compile else 'eager'}, {args.workers} workers")  # fmt: skip
+    ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, args.batch_size, device)
+    print(f"model-only ceiling (synthetic tensors): {ceiling:,.1f} samples/s")
+    e2e = timed_steps(step, from_shards(), args.warmup, args.steps, args.batch_size, device)
+    print(f"end to end from shards: {e2e:,.1f} samples/s ({e2e / ceiling:.0%} of the ceiling)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`fgbg export`: the trained model as ONNX, normalisation included, checked against torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgbg.data import Normaliser
+from fgbg.images import atomic_write_bytes
+from fgbg.train import load_model
+
+
+class Deployable(torch.nn.Module):
+    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth (B×1×H×W each)."""
+
+    def __init__(self, model: torch.nn.Module, norm: Normaliser):
+        super().__init__()
+        self.model = model
+        for name, value in norm.as_dict().items():
+            self.register_buffer(name, torch.tensor(value).view(1, 3, 1, 1))
+
+    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
+        x = torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
+        out = self.model(x)
+        return torch.sigmoid(out[:, :1]), out[:, 1:2]
+
+
+def run_export(model_path: Path, out: Path, check: bool = True) -> dict:
+    """Write ONNX (dynamic batch) and, with `check`, compare onnxruntime with torch on random input."""
+    model, norm, _, saved = load_model(Path(model_path), torch.device("cpu"))
+    net = Deployable(model, norm).eval()
+    size = int(saved["input_size"])
+    example = (torch.rand(2, 3, size, size), torch.rand(2, 3, size, size))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        net,
+        example,
+        input_names=["bg", "fg_bg"],
+        output_names=["mask", "depth"],
+        dynamic_shapes={"bg": {0: batch}, "fg_bg": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    tmp = Path(out).with_suffix(".tmp.onnx")
+    program.save(str(tmp))
+    atomic_write_bytes(Path(out), tmp.read_bytes())
+    tmp.unlink()
+    report = {"onnx": str(out), "input_size": size}
+    if check:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        bg, fg_bg = (torch.rand(3, 3, size, size) for _ in range(2))
+        got = session.run(None, {"bg": bg.numpy(), "fg_bg": fg_bg.numpy()})
+        with torch.no_grad():
+            want = [t.numpy() for t in net(bg, fg_bg)]
+        report["max_abs_diff"] = float(max(np.abs(g - w).max() for g, w in zip(got, want, strict=True)))
+    return report
