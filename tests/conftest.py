@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -52,8 +51,3 @@ def tiny_depth(tiny_prepared, tiny_composites, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("depth") / "depth"
     run_depth(DepthParams(jobs=1, preview_samples=4), tiny_prepared, tiny_composites, out)
     return out
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

@@ -73,3 +73,12 @@ def test_every_param_dvc_yaml_tracks_is_spelled_out(name):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{name} lacks {key}"
                 node = node[part]
+
+
+def test_missing_teacher_folder_is_named_at_load(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("depth:\n  source: teacher\n  teacher:\n    model: /nonexistent/teacher\n")
+    with pytest.raises(ConfigError, match="depth.teacher.model: no such folder"):
+        load_params(path)
+    path.write_text("depth:\n  source: provided\n  teacher:\n    model: /nonexistent/teacher\n")
+    assert load_params(path).depth.source == "provided"  # unused teacher: no error

@@ -7,6 +7,7 @@ before any work starts.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -114,6 +115,13 @@ class DepthParams(_Section):
     def _per_image_needs_teacher(self) -> DepthParams:
         if self.mode == "per_image" and self.source != "teacher":
             raise ValueError("mode per_image runs a teacher on every composite: set source: teacher")
+        model = self.teacher.model
+        if (
+            self.source == "teacher"
+            and model.startswith(("/", "./", "../", "~"))
+            and not Path(model).expanduser().exists()
+        ):
+            raise ValueError(f"teacher.model: no such folder {model!r}")
         return self
 
 
@@ -183,7 +191,10 @@ def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        sub = re.match(r"([a-z_]+(?:\.[a-z_]+)*): (.*)", msg)
+        if sub and e["type"] == "value_error":  # a section's check naming its own sub-key
+            key, msg = f"{key}.{sub[1]}", sub[2]
         lines.append(f"{key}: {msg}")
     return "; ".join(lines)
 

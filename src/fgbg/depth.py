@@ -67,11 +67,11 @@ def paste_depth(bg_depth: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.nd
     return out
 
 
-def bg_depth_maps(ps: PreparedSet, params: DepthParams) -> list[np.ndarray]:
+def bg_depth_maps(ps: PreparedSet, params: DepthParams, teacher: DepthTeacher | None = None) -> list[np.ndarray]:
     """Each bg's depth in the project convention: provided maps, or the teacher once per bg."""
     if params.source == "provided":
         return ps.bg_depth
-    teacher = load_teacher(params)
+    teacher = teacher or load_teacher(params)
     maps = []
     for start in range(0, len(ps.bg), params.teacher.batch_size):
         batch = torch.from_numpy(np.stack(ps.bg[start : start + params.teacher.batch_size]))
@@ -152,11 +152,10 @@ class ShardImages(IterableDataset):
                 yield name, i, len(samples), key, torch.from_numpy(decode(jpg))
 
 
-def _run_per_image(params: DepthParams, composites_dir: Path, journal: ShardJournal) -> None:
+def _run_per_image(params: DepthParams, teacher: DepthTeacher, composites_dir: Path, journal: ShardJournal) -> None:
     """The teacher on every composite, shards written whole and in order as they complete."""
     if not journal.todo:
         return
-    teacher = load_teacher(params)
     workers = min(params.teacher.workers, len(journal.todo))
     loader = DataLoader(
         ShardImages(composites_dir, journal.todo),
@@ -216,10 +215,11 @@ def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out
         folder_fingerprint(prepared_dir),
     )
     keep = (PREVIEW, "shards.json")
+    teacher = load_teacher(params) if params.source == "teacher" else None  # fail before touching outputs
     if params.mode == "per_image":
         journal = ShardJournal(out_dir, names, fingerprint, keep)
         try:
-            _run_per_image(params, composites_dir, journal)
+            _run_per_image(params, teacher, composites_dir, journal)
         finally:
             records = journal.close()
     else:
@@ -232,7 +232,7 @@ def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out
             fingerprint=fingerprint,
             jobs=resolve_jobs(params.jobs),
             init=_init_worker,
-            init_args=(str(prepared_dir), params.png_compression, bg_depth_maps(ps, params)),
+            init_args=(str(prepared_dir), params.png_compression, bg_depth_maps(ps, params, teacher)),
             desc="depth",
             keep=keep,
         )
@@ -256,8 +256,8 @@ def depth_agreement(params: DepthParams, prepared_dir: Path, composites_dir: Pat
         raise ValueError(f"{composites_dir}: no composites to sample")
     teacher_params = params.model_copy(update={"source": "teacher"})
     ps = PreparedSet(prepared_dir)
-    bg_maps = bg_depth_maps(ps, teacher_params)
     teacher = load_teacher(teacher_params)
+    bg_maps = bg_depth_maps(ps, teacher_params, teacher)
     sums = {region: np.zeros(3) for region in ("fg", "bg")}  # absrel sum, delta1 hits, pixels
     for start in range(0, len(picked), params.teacher.batch_size):
         chunk = picked[start : start + params.teacher.batch_size]

@@ -173,6 +173,7 @@ def run_train(
     rank, world, device = init_distributed(params.device)
     lead = rank == 0
     seed_everything(params.seed)
+    model = build_model(params).to(device)  # first: a bad encoder fails before any data is read
     train_set = ShardSamples(composites_dir, depth_dir, "train", shuffle=True, seed=params.seed, rank=rank, world=world)
     val_set = ShardSamples(composites_dir, depth_dir, "val", shuffle=False)
     if not train_set.names or not val_set.names:
@@ -181,7 +182,6 @@ def run_train(
         raise ValueError(f"{len(train_set.names)} train shards for {world} processes: lower compose.shard_size")
     bgs = bg_table(prepared_dir, device)
     norm = Normaliser.from_stats(stats_path, device)
-    model = build_model(params).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     steps = math.ceil(len(train_set) / (params.batch_size * world))
