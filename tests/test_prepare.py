@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -17,7 +18,7 @@ from conftest import quiet
 from PIL import Image
 
 from fgbg.config import PrepareParams
-from fgbg.images import extract_object_alpha, read_image
+from fgbg.images import extract_object_alpha, metric_to_inverse_u16, read_image
 from fgbg.prepare import PrepareFailed, prepare_bg, run_prepare
 
 
@@ -56,6 +57,14 @@ def on_plain(colour, noise: float = 0.0, seed: int = 0) -> Image.Image:
     img[body & (np.abs(yy - 45) < 4) & (np.abs(xx - 35) < 4)] = colour  # same colour as the bg
     img += rng.normal(0, noise, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), body
+
+
+def frame(w=40, h=40) -> Image.Image:
+    """Opaque only in a 2-px ring at the edge: a border, not an object."""
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., :3] = 90
+    rgba[:2, :, 3] = rgba[-2:, :, 3] = rgba[:, :2, 3] = rgba[:, -2:, 3] = 255
+    return Image.fromarray(rgba, "RGBA")
 
 
 def bomb_png(w=30000, h=30000) -> bytes:
@@ -102,6 +111,8 @@ def corpus() -> dict[str, tuple[str, bytes, str | None]]:
         "fg/on_white.jpg": ("fg", jpeg_bytes(on_plain((255, 255, 255))[0]), None),
         "fg/blank.jpg": ("fg", jpeg_bytes(Image.new("RGB", (60, 60), (250, 250, 250))), "no object"),
         "fg/invisible.png": ("fg", png_bytes(sprite(alpha_value=0)), "fully transparent"),
+        "fg/frame.png": ("fg", png_bytes(frame()), "only along the image border"),
+        "fg/huge.png": ("fg", png_bytes(sprite(900, 700)), None),  # larger than any bg: scaled to fg_size
         "fg/faint.png": ("fg", png_bytes(sprite(alpha_value=60)), "fully transparent"),
     }
 
@@ -235,3 +246,50 @@ def test_fg_without_alpha_becomes_rgba_in_prepare_or_is_rejected_on_request(tmp_
     assert rgba.shape[2] == 4 and max(rgba.shape[:2]) == 24 and (rgba[..., 3] == 255).mean() > 0.5
     with pytest.raises(PrepareFailed, match="no usable fg"):
         run_prepare(PrepareParams(raw_dir=str(raw), fg_without_alpha="reject"), tmp_path / "q", log=quiet)
+
+
+def test_odd_directory_entries_are_named_and_skipped(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "bg").mkdir(parents=True)
+    (raw / "fg").mkdir()
+    (raw / "bg" / "ok.jpg").write_bytes(jpeg_bytes(photo()))
+    (raw / "fg" / "ok.png").write_bytes(png_bytes(sprite()))
+    os.symlink("loop.png", raw / "bg" / "loop.png")  # a link to itself
+    (raw / "bg" / "folder.png").mkdir()
+    bad_name = os.path.join(os.fsencode(raw / "fg"), b"caf\xe9.png")  # Latin-1 bytes, not UTF-8
+    with open(bad_name, "wb") as f:
+        f.write(png_bytes(sprite()))
+    lines = []
+    report = run_prepare(PrepareParams(raw_dir=str(raw), image_size=32, fg_size=24), tmp_path / "p",
+                         log=lambda msg, **k: lines.append(msg))  # fmt: skip
+    reasons = {Path(r["file"]).name: r["reason"] for r in report["rejected"]}
+    assert "link loop" in reasons["loop.png"] and "not a regular file" in reasons["folder.png"]
+    assert "not valid UTF-8" in reasons["caf\\xe9.png"]
+    assert report["counts"]["bg"] == 1 and report["counts"]["fg"] == 1
+    json.dumps(report).encode("utf-8")  # the report itself stays valid UTF-8 JSON
+    assert sum(ln.startswith("rejected ") for ln in lines) == 3
+
+
+@pytest.mark.parametrize(
+    "depth, reason",
+    [
+        (np.full((60, 80), np.nan), "NaN or infinite"),
+        (np.where(np.eye(60, 80) > 0, np.inf, 5.0), "NaN or infinite"),
+        (np.full((30, 40), 5.0), "40x30, image is 80x60"),
+        (np.full((60, 80, 2), 5.0), "2-D array of metres"),
+    ],
+)
+def test_bad_float_depth_maps_reject_their_bg(tmp_path, depth, reason):
+    raw = tmp_path / "raw"
+    for sub in ("bg", "fg", "bg_depth"):
+        (raw / sub).mkdir(parents=True)
+    (raw / "bg" / "good.jpg").write_bytes(jpeg_bytes(photo()))
+    (raw / "bg" / "bad.jpg").write_bytes(jpeg_bytes(photo()))
+    np.save(raw / "bg_depth" / "good.npy", np.full((60, 80), 7.0))
+    np.save(raw / "bg_depth" / "bad.npy", depth)
+    (raw / "fg" / "ok.png").write_bytes(png_bytes(sprite()))
+    report = run_prepare(PrepareParams(raw_dir=str(raw), image_size=32, fg_size=24), tmp_path / "p", log=quiet)
+    assert [Path(r["file"]).name for r in report["rejected"]] == ["bad.jpg"]
+    assert reason in report["rejected"][0]["reason"] and "bad.npy" in report["rejected"][0]["reason"]
+    good = read_image(tmp_path / "p" / "bg_depth" / "bg0000.png")
+    assert good.dtype == np.uint16 and (good == metric_to_inverse_u16(np.array([7.0]))[0]).all()

@@ -8,6 +8,7 @@ one line naming it and the reason; `report.json` lists every file accepted or re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -20,13 +21,16 @@ from PIL import Image
 from fgbg.config import PrepareParams
 from fgbg.images import (
     IMAGE_SUFFIXES,
+    MASK_THRESHOLD,
     BadImage,
     alpha_bbox,
     atomic_write_bytes,
     encode_png,
     extract_object_alpha,
+    first_line,
     load_raw_image,
     mask_from_alpha,
+    metric_to_inverse_u16,
     resize_cover_crop,
     resize_rgba,
 )
@@ -53,13 +57,29 @@ def list_images(folder: Path) -> tuple[list[Path], list[Rejection]]:
     for p in sorted(folder.iterdir(), key=lambda p: p.name):
         if p.name.startswith("."):
             continue
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
+        if not _is_utf8(p.name):
+            rejected.append(Rejection(str(p), "file name is not valid UTF-8 (rename the file)"))
+        elif p.suffix.lower() not in IMAGE_SUFFIXES:
             rejected.append(Rejection(str(p), f"not an image file extension ({p.suffix or 'none'})"))
-        elif not p.is_file():
-            rejected.append(Rejection(str(p), "not a regular file"))
+        elif not p.is_file():  # directories, broken links, symlink loops (is_file is False for those)
+            rejected.append(Rejection(str(p), "not a regular file (folder, broken link or link loop)"))
         else:
             files.append(p)
     return files, rejected
+
+
+def _is_utf8(name: str) -> bool:
+    """Names the OS gave us as undecodable bytes carry surrogates; JSON, CSV and tar reject them."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def shown(path: str | Path) -> str:
+    """A path as printable text, whatever bytes its name holds."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def prepare_bg(path: Path, params: PrepareParams, depth_dir: Path | None):
@@ -68,19 +88,38 @@ def prepare_bg(path: Path, params: PrepareParams, depth_dir: Path | None):
     rgb = raw.pixels[..., :3]
     depth = None
     if depth_dir is not None:
-        depth = _load_bg_depth(depth_dir / (path.stem + ".png"), rgb.shape[:2])
+        depth = _load_bg_depth(depth_dir, path.stem, rgb.shape[:2])
         depth = resize_cover_crop(depth, params.image_size)
     return resize_cover_crop(rgb, params.image_size), depth, raw.notes
 
 
-def _load_bg_depth(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise BadImage(f"no depth map {path}")
-    depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if depth is None:
-        raise BadImage(f"depth map {path} is not a decodable image")
-    if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise BadImage(f"depth map {path} must be a 16-bit single-channel PNG")
+DEPTH_SUFFIXES = (".png", ".npy")
+
+
+def _load_bg_depth(depth_dir: Path, stem: str, shape: tuple[int, int]) -> np.ndarray:
+    """A bg's depth: `<stem>.png` (16-bit, the project convention) or `<stem>.npy` (float metres)."""
+    for suffix in DEPTH_SUFFIXES:
+        path = depth_dir / f"{stem}{suffix}"
+        if path.is_file():
+            break
+    else:
+        raise BadImage(f"no depth map {depth_dir / stem}.png or .npy")
+    if path.suffix == ".npy":
+        try:
+            metres = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BadImage(f"depth map {path} is not a readable .npy ({first_line(e)})") from None
+        if metres.ndim != 2 or not np.issubdtype(metres.dtype, np.number):
+            raise BadImage(f"depth map {path} must be a 2-D array of metres")
+        if not np.isfinite(metres).all():
+            raise BadImage(f"depth map {path} has NaN or infinite values")
+        depth = metric_to_inverse_u16(metres)
+    else:
+        depth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if depth is None:
+            raise BadImage(f"depth map {path} is not a decodable image")
+        if depth.dtype != np.uint16 or depth.ndim != 2:
+            raise BadImage(f"depth map {path} must be a 16-bit single-channel PNG")
     if depth.shape != shape:
         got, want = depth.shape, shape
         raise BadImage(f"depth map {path} is {got[1]}x{got[0]}, image is {want[1]}x{want[0]}")
@@ -101,6 +140,8 @@ def prepare_fg(path: Path, params: PrepareParams):
     if box is None or not mask_from_alpha(rgba[..., 3]).any():
         raise BadImage("foreground is fully transparent")
     x0, y0, x1, y1 = box
+    if _alpha_only_at_border(rgba[..., 3]):
+        raise BadImage("opaque only along the image border (a frame, not a cut-out object)")
     rgba = rgba[y0:y1, x0:x1]
     h, w = rgba.shape[:2]
     scale = params.fg_size / max(h, w)
@@ -108,6 +149,12 @@ def prepare_fg(path: Path, params: PrepareParams):
     if not mask_from_alpha(rgba[..., 3]).any():
         raise BadImage(f"object vanishes at fg_size {params.fg_size} (too thin)")
     return rgba, raw.notes
+
+
+def _alpha_only_at_border(alpha: np.ndarray, ring: int = 3) -> bool:
+    """True when every opaque pixel lies within `ring` px of the edge: a frame, not an object."""
+    inner = alpha[ring:-ring, ring:-ring]
+    return inner.size > 0 and not (inner >= MASK_THRESHOLD).any() and (alpha >= MASK_THRESHOLD).any()
 
 
 def _limits(params: PrepareParams) -> dict:
@@ -129,8 +176,8 @@ def run_prepare(params: PrepareParams, out_dir: Path, log=print) -> dict:
     report: dict = {"params": params.model_dump(), "bg": [], "fg": [], "rejected": []}
 
     def reject(kind: str, file: str, reason: str) -> None:
-        report["rejected"].append({"kind": kind, "file": file, "reason": reason})
-        log(f"rejected {kind} {file}: {reason}", file=sys.stderr)
+        report["rejected"].append({"kind": kind, "file": shown(file), "reason": reason})
+        log(f"rejected {kind} {shown(file)}: {reason}", file=sys.stderr)
 
     for kind, folder in (("bg", raw / "bg"), ("fg", raw / "fg")):
         files, bad = list_images(folder)
