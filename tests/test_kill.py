@@ -1,0 +1,122 @@
+"""Killed stages rerun cleanly: SIGKILL compose, depth and train at several points, rerun, and the
+outputs are byte-identical to an uninterrupted run (train: the same weights, via --resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_SPLIT, quiet
+
+from fgbg.compose import run_compose
+from fgbg.config import ComposeParams, DepthParams, StatsParams, TrainParams
+from fgbg.depth import run_depth
+from fgbg.shards import MANIFEST, file_sha256
+from fgbg.stats import run_stats
+from fgbg.train import run_train
+
+pytestmark = pytest.mark.slow
+COMPOSE = ComposeParams(positions=150, shard_size=100, jobs=2, preview_samples=2)
+DEPTH = DepthParams(jobs=2, preview_samples=2)
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fgbg.cli", *args]
+
+
+def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until: Path | None = None) -> None:
+    """Start cmd in its own process group and SIGKILL the group (workers too) after a delay or
+    as soon as `until` exists."""
+    proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    if until is not None:
+        while not until.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    else:
+        time.sleep(seconds)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_ok(cmd: list[str], cwd: Path) -> None:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("params") / "params.yaml"
+    path.write_text(yaml.safe_dump({"compose": COMPOSE.model_dump(mode="json"), "split": TINY_SPLIT.model_dump(),
+                                    "depth": DEPTH.model_dump(mode="json")}))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_prepared, tmp_path_factory) -> Path:
+    ref = tmp_path_factory.mktemp("reference")
+    run_compose(COMPOSE, TINY_SPLIT, tiny_prepared, ref / "composites")
+    run_depth(DEPTH, tiny_prepared, ref / "composites", ref / "depth")
+    return ref
+
+
+def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
+    interrupted = []
+    for delay in (0.6, 1.0, 1.5, 2.5):
+        out = tmp_path / f"killed-{delay}"
+        cmd = cli("compose", "-p", str(params_file), "--prepared", str(tiny_prepared), "--out", str(out))
+        kill_after(cmd, tmp_path, seconds=delay)
+        interrupted.append(not (out / MANIFEST).exists())
+        run_ok(cmd, tmp_path)
+        assert hashes(out) == hashes(reference / "composites"), delay
+    assert any(interrupted)  # at least one kill landed mid-run
+
+
+def test_depth_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
+    interrupted = []
+    for delay in (0.6, 1.0, 1.6):
+        out = tmp_path / f"killed-{delay}"
+        cmd = cli("depth", "-p", str(params_file), "--prepared", str(tiny_prepared),
+                  "--composites", str(reference / "composites"), "--out", str(out))  # fmt: skip
+        kill_after(cmd, tmp_path, seconds=delay)
+        interrupted.append(not (out / MANIFEST).exists())
+        run_ok(cmd, tmp_path)
+        assert hashes(out) == hashes(reference / "depth"), delay
+    assert any(interrupted)
+
+
+def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_composites, tiny_depth, tmp_path):
+    stats = tmp_path / "stats.json"
+    run_stats(StatsParams(jobs=1), tiny_prepared, tiny_composites, tiny_depth, stats)
+    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "registered_model": None}
+    train = TrainParams(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], image_size=32, epochs=3,
+                        steps_per_epoch=2, batch_size=4, workers=0, device="cpu", mlflow=tracking)  # fmt: skip
+    run_train(train, {}, tiny_prepared, tiny_composites, tiny_depth, stats, tmp_path / "straight",
+              history_csv=tmp_path / "h.csv", log=quiet)  # fmt: skip
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": train.model_dump(mode="json")}))
+    out = tmp_path / "killed"
+    cmd = cli("train", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites),
+              "--depth", str(tiny_depth), "--stats", str(stats), "--out", str(out))  # fmt: skip
+    kill_after(cmd, tmp_path, until=out / "checkpoint.pt")  # killed right after epoch 1's checkpoint
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]
+    assert killed_at < 3
+    run_ok([*cmd, "--resume"], tmp_path)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    b = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert b["epoch"] == 3 and [r["epoch"] for r in b["history"]] == [1, 2, 3]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
