@@ -205,7 +205,8 @@ def build_shards(
     and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`.
     """
     journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep)
-    todo = [t for t in tasks if t.name in set(journal.todo)]
+    pending = set(journal.todo)
+    todo = [t for t in tasks if t.name in pending]
     bar = tqdm(total=len(tasks), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True)
     try:
         if jobs <= 1 or len(todo) <= 1:
