@@ -223,6 +223,26 @@ def export(
     typer.echo(json.dumps(run_export(model, out, check)), err=True)
 
 
+@app.command("mlflow-server")
+def mlflow_server(
+    host: Annotated[str, typer.Option(help="Bind address; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: int = 5000,
+    backend: Annotated[str, typer.Option(help="Run store.")] = "sqlite:///mlflow.db",
+    artifacts: Annotated[Path, typer.Option(help="Where the server keeps artifacts.")] = Path("mlartifacts"),
+) -> None:
+    """Serve the MLflow tracking server and UI for the team (SQLite store, artifacts in the project).
+
+    Point training at it with MLFLOW_TRACKING_URI=http://HOST:PORT. Binding another address than
+    loopback exposes it: put an authenticating proxy in front first.
+    """
+    import os
+
+    cmd = ["mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts.resolve()),
+           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.execvp(cmd[0], cmd)
+
+
 @app.command("check-params")
 @_one_line_errors
 def check_params(params: ParamsOpt = Path("params.yaml")) -> None:

@@ -103,7 +103,10 @@ class MlflowRun:
         uri = params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(params.mlflow.experiment)
-        self.run = mlflow.start_run(run_id=run_id)
+        experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: lines MLflow up with `dvc exp show`
+        if experiment:
+            tags = {**tags, "dvc_exp_name": experiment}
+        self.run = mlflow.start_run(run_id=run_id, run_name=experiment if run_id is None else None)
         if run_id is None:
             mlflow.log_params(flatten(all_params))
             mlflow.set_tags(tags)
