@@ -107,6 +107,7 @@ def test_mlflow_server_collects_two_trainings_on_loopback(tmp_path, env):
             assert images and images[0].path.endswith(".png")
         versions = client.search_model_versions("name='fgbg-mask-depth'")
         assert len(versions) == 2
+        check_compare_page_in_browser(uri, experiment.experiment_id, runs, tmp_path)
         # the default binds loopback only
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         if listening:
@@ -114,6 +115,29 @@ def test_mlflow_server_collects_two_trainings_on_loopback(tmp_path, env):
             assert bound and all(addr.startswith("127.0.0.1:") for addr in bound), bound
     finally:
         stop(server)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=20000", "--window-size=1400,900"]  # fmt: skip
+
+
+def check_compare_page_in_browser(uri: str, experiment_id: str, runs, tmp_path: Path) -> None:
+    """The MLflow UI's run comparison for both runs, rendered by headless Chromium: both run
+    names and a metric must be on the page. The screenshot is kept under .ci-artifacts/."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return  # CI installs Debian's chromium; elsewhere this part is skipped
+    ids = ",".join(f"%22{r.info.run_id}%22" for r in runs)
+    url = f"{uri}/#/compare-runs?runs=[{ids}]&experiments=[%22{experiment_id}%22]"
+    common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    for r in runs:
+        assert r.info.run_name in dom, f"run {r.info.run_name} not on the compare page"
+    assert "val_loss" in dom
+    shots = ROOT / ".ci-artifacts"
+    shots.mkdir(exist_ok=True)
+    subprocess.run([*common, f"--screenshot={shots / 'mlflow-compare.png'}", url], capture_output=True, timeout=120)
 
 
 def start_s3(port: int, env: dict) -> subprocess.Popen:
