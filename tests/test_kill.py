@@ -23,7 +23,7 @@ from fgbg.stats import run_stats
 from fgbg.train import run_train
 
 pytestmark = pytest.mark.slow
-COMPOSE = ComposeParams(positions=150, shard_size=100, jobs=2, preview_samples=2)
+COMPOSE = ComposeParams(positions=600, shard_size=100, jobs=2, preview_samples=2)  # ~14k samples, 144 shards
 DEPTH = DepthParams(jobs=2, preview_samples=2)
 
 
@@ -35,14 +35,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fgbg.cli", *args]
 
 
-def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until: Path | None = None) -> None:
+def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until=None) -> None:
     """Start cmd in its own process group and SIGKILL the group (workers too) after a delay or
-    as soon as `until` exists."""
+    as soon as `until()` is true."""
     proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     if until is not None:
-        while not until.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        while not until() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
     else:
         time.sleep(seconds)
     try:
@@ -50,6 +50,11 @@ def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until: P
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def first_shard_written(out: Path):
+    """A trigger for kill_after: some shard has landed, most are still to come."""
+    return lambda: any(out.glob("*/shard-*.tar"))
 
 
 def run_ok(cmd: list[str], cwd: Path) -> None:
@@ -75,27 +80,33 @@ def reference(tiny_prepared, tmp_path_factory) -> Path:
 
 def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
     interrupted = []
-    for delay in (0.6, 1.0, 1.5, 2.5):
+    for delay in ("first shard", 1.0, 2.0, 3.0):
         out = tmp_path / f"killed-{delay}"
         cmd = cli("compose", "-p", str(params_file), "--prepared", str(tiny_prepared), "--out", str(out))
-        kill_after(cmd, tmp_path, seconds=delay)
+        if delay == "first shard":
+            kill_after(cmd, tmp_path, until=first_shard_written(out))
+        else:
+            kill_after(cmd, tmp_path, seconds=delay)
         interrupted.append(not (out / MANIFEST).exists())
         run_ok(cmd, tmp_path)
         assert hashes(out) == hashes(reference / "composites"), delay
-    assert any(interrupted)  # at least one kill landed mid-run
+    assert interrupted[0]  # the first-shard kill lands mid-run
 
 
 def test_depth_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
     interrupted = []
-    for delay in (0.6, 1.0, 1.6):
+    for delay in ("first shard", 2.0, 3.5):
         out = tmp_path / f"killed-{delay}"
         cmd = cli("depth", "-p", str(params_file), "--prepared", str(tiny_prepared),
                   "--composites", str(reference / "composites"), "--out", str(out))  # fmt: skip
-        kill_after(cmd, tmp_path, seconds=delay)
+        if delay == "first shard":
+            kill_after(cmd, tmp_path, until=first_shard_written(out))
+        else:
+            kill_after(cmd, tmp_path, seconds=delay)
         interrupted.append(not (out / MANIFEST).exists())
         run_ok(cmd, tmp_path)
         assert hashes(out) == hashes(reference / "depth"), delay
-    assert any(interrupted)
+    assert interrupted[0]
 
 
 def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_composites, tiny_depth, tmp_path):
@@ -112,7 +123,7 @@ def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_co
     out = tmp_path / "killed"
     cmd = cli("train", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites),
               "--depth", str(tiny_depth), "--stats", str(stats), "--out", str(out))  # fmt: skip
-    kill_after(cmd, tmp_path, until=out / "checkpoint.pt")  # killed right after epoch 1's checkpoint
+    kill_after(cmd, tmp_path, until=(out / "checkpoint.pt").exists)  # killed right after epoch 1's checkpoint
     killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["epoch"]
     assert killed_at < 3
     run_ok([*cmd, "--resume"], tmp_path)

@@ -196,6 +196,8 @@ def test_s3_remote_push_clone_pull_survives_a_killed_server(tmp_path, env):
 
 
 def test_dvc_experiments_line_up_with_mlflow_runs(tmp_path, env):
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"  # outside the repo: dvc exp may reset the workspace
+    env = {**env, "MLFLOW_TRACKING_URI": tracking}
     repo = tiny_repo(tmp_path / "repo", env)
     run(["dvc", "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
@@ -207,7 +209,7 @@ def test_dvc_experiments_line_up_with_mlflow_runs(tmp_path, env):
     assert "fast-lr" in names and "0.004" in names and "iou" in names
     import mlflow
 
-    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    client = mlflow.tracking.MlflowClient(tracking_uri=tracking)
     runs = client.search_runs([client.get_experiment_by_name("fgbg").experiment_id])
     tagged = [r for r in runs if r.data.tags.get("dvc_exp_name") == "fast-lr"]
     assert len(tagged) == 1 and tagged[0].data.params["train.lr"] == "0.004"
