@@ -78,35 +78,32 @@ def reference(tiny_prepared, tmp_path_factory) -> Path:
     return ref
 
 
-def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
+def kill_and_rerun(stage_args: list[str], tmp_path: Path, expected: Path, delays: tuple) -> None:
+    """For each kill point: run the stage, SIGKILL it, rerun it; the output must equal `expected`.
+    The first kill point, "first shard", lands mid-run by construction."""
     interrupted = []
-    for delay in ("first shard", 1.0, 2.0, 3.0):
+    for delay in ("first shard", *delays):
         out = tmp_path / f"killed-{delay}"
-        cmd = cli("compose", "-p", str(params_file), "--prepared", str(tiny_prepared), "--out", str(out))
+        cmd = cli(*stage_args, "--out", str(out))
         if delay == "first shard":
             kill_after(cmd, tmp_path, until=first_shard_written(out))
         else:
             kill_after(cmd, tmp_path, seconds=delay)
         interrupted.append(not (out / MANIFEST).exists())
         run_ok(cmd, tmp_path)
-        assert hashes(out) == hashes(reference / "composites"), delay
-    assert interrupted[0]  # the first-shard kill lands mid-run
+        assert hashes(out) == hashes(expected), delay
+    assert interrupted[0]
+
+
+def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
+    args = ["compose", "-p", str(params_file), "--prepared", str(tiny_prepared)]
+    kill_and_rerun(args, tmp_path, reference / "composites", (1.0, 2.0, 3.0))
 
 
 def test_depth_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
-    interrupted = []
-    for delay in ("first shard", 2.0, 3.5):
-        out = tmp_path / f"killed-{delay}"
-        cmd = cli("depth", "-p", str(params_file), "--prepared", str(tiny_prepared),
-                  "--composites", str(reference / "composites"), "--out", str(out))  # fmt: skip
-        if delay == "first shard":
-            kill_after(cmd, tmp_path, until=first_shard_written(out))
-        else:
-            kill_after(cmd, tmp_path, seconds=delay)
-        interrupted.append(not (out / MANIFEST).exists())
-        run_ok(cmd, tmp_path)
-        assert hashes(out) == hashes(reference / "depth"), delay
-    assert interrupted[0]
+    args = ["depth", "-p", str(params_file), "--prepared", str(tiny_prepared),
+            "--composites", str(reference / "composites")]  # fmt: skip
+    kill_and_rerun(args, tmp_path, reference / "depth", (2.0, 3.5))
 
 
 def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_composites, tiny_depth, tmp_path):
