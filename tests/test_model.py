@@ -79,6 +79,12 @@ def test_metrics_match_hand_computed_values():
     assert d["delta3"].item() == pytest.approx(2 / 3)  # 2.0 > 1.25³
     assert d["rmse"].item() == pytest.approx(np.sqrt((0 + 0.64 + 100) / 3), rel=1e-4)
 
+    from fgbg.losses import log_depth_loss
+
+    # |log 2 − log 2| + |log 4.8 − log 4| + |log 20 − log 10|, sky ignored
+    want = (0 + np.log(1.2) + np.log(2.0)) / 3
+    assert log_depth_loss(pred_d, gt_d).item() == pytest.approx(want, rel=1e-4)
+
 
 def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(data, tmp_path):
     prepared, composites, depth, stats = data

@@ -1,4 +1,9 @@
-"""Losses: mask BCE + Dice; depth L1 + SSIM + image-gradient (DenseDepth-style); weights in params."""
+"""Losses: mask BCE + Dice; depth L1 + SSIM + image-gradient (DenseDepth-style) + log-depth L1;
+weights in params.
+
+L1 on normalised inverse depth barely sees far pixels (at 50 m an error of 7 % is 0.001), yet the
+test metrics (AbsRel, δ) are relative errors in metres: the log-depth term weighs every valid
+pixel by its relative error, which is what those metrics measure."""
 
 from __future__ import annotations
 
@@ -6,6 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from fgbg.config import LossWeights
+from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M
+
+DEPTH_VALID_MIN = 1.0 / 65535  # smaller inverse depth is sky (stored as 0): no depth in metres
+
+
+def to_metres(inverse: torch.Tensor) -> torch.Tensor:
+    """Normalised inverse depth (the 16-bit convention, on [0, 1]) → z-depth in metres."""
+    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
+    return 1.0 / (inverse.clamp(0, 1) * (hi - lo) + lo)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -32,6 +46,13 @@ def gradient_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
 
 
+def log_depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean |log z_pred − log z_gt| (z in metres) over pixels that have depth (not sky)."""
+    valid = target >= DEPTH_VALID_MIN
+    err = (to_metres(pred).log() - to_metres(target).log()).abs()
+    return (err * valid).sum() / valid.sum().clamp_min(1)
+
+
 def total_loss(
     mask_logits: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, depth_gt: torch.Tensor, w: LossWeights
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -43,6 +64,7 @@ def total_loss(
         "l1": (depth - depth_gt).abs().mean(),
         "ssim": ((1 - ssim(depth, depth_gt)) / 2).clamp(0, 1).mean(),
         "grad": gradient_loss(depth, depth_gt),
+        "log_depth": log_depth_loss(depth, depth_gt),
     }
     total = sum(getattr(w, k) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}

@@ -7,12 +7,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M
-from fgbg.losses import ssim
+from fgbg.losses import DEPTH_VALID_MIN, ssim, to_metres
 
 MASK_METRICS = ("iou", "dice", "boundary_f")
 DEPTH_METRICS = ("absrel", "rmse", "delta1", "delta2", "delta3", "ssim")
-DEPTH_VALID_MIN = 1.0 / 65535
 
 
 def _erode(m: torch.Tensor) -> torch.Tensor:
@@ -38,12 +36,6 @@ def mask_metrics(pred: torch.Tensor, gt: torch.Tensor, tolerance: int = 2) -> di
     recall = torch.where(n_g > 0, hit_g / n_g.clamp_min(1), (n_p == 0).float())
     bf = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0.0)
     return {"iou": iou, "dice": dice, "boundary_f": bf}
-
-
-def to_metres(inverse: torch.Tensor) -> torch.Tensor:
-    """Normalised inverse depth (the 16-bit convention, on [0, 1]) → z-depth in metres."""
-    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
-    return 1.0 / (inverse.clamp(0, 1) * (hi - lo) + lo)
 
 
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
