@@ -17,7 +17,7 @@ from fgbg.evaluate import run_evaluate
 from fgbg.losses import total_loss
 from fgbg.metrics import depth_metrics, mask_metrics
 from fgbg.model import build_model
-from fgbg.predict import run_predict
+from fgbg.predict import network_size, run_predict
 from fgbg.stats import run_stats
 from fgbg.train import forward, run_train
 
@@ -86,6 +86,14 @@ def test_metrics_match_hand_computed_values():
     assert log_depth_loss(pred_d, gt_d).item() == pytest.approx(want, rel=1e-4)
 
 
+def test_depth_is_resized_over_pixels_that_have_depth():
+    from fgbg.data import resize_depth
+
+    depth = torch.tensor([[[[0.0, 0.4, 0.0, 0.0], [0.4, 0.4, 0.2, 0.0]] * 2]]).view(1, 1, 4, 4)
+    small = resize_depth(depth, 2)  # 2×2 blocks: 3 of 4 with depth → their mean; 1 of 4 → sky
+    assert small[0, 0, 0, 0].item() == pytest.approx(0.4) and small[0, 0, 0, 1].item() == 0.0
+
+
 def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(data, tmp_path):
     prepared, composites, depth, stats = data
     params = tiny_params(tmp_path)
@@ -133,6 +141,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path, m
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    client = mlflow.tracking.MlflowClient(tracking_uri=params.mlflow.tracking_uri)
+    versions = len(client.search_model_versions("name='fgbg-mask-depth'"))
+    again = train(params, data, tmp_path / "resumed", resume=True)  # finished: nothing to do, nothing logged
+    assert again["history"] == result["history"]
+    assert len(client.search_model_versions("name='fgbg-mask-depth'")) == versions
+    with pytest.raises(ValueError, match="without --resume"):  # a longer schedule is a new run
+        train(params.model_copy(update={"epochs": 3}), data, tmp_path / "resumed", resume=True)
+
 
 def test_mlflow_run_has_params_metrics_artifacts_and_registered_model(data, tmp_path):
     params = tiny_params(tmp_path, epochs=1)
@@ -150,7 +166,20 @@ def test_mlflow_run_has_params_metrics_artifacts_and_registered_model(data, tmp_
     sheets = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
     assert sheets and sheets[0].endswith(".png")
     versions = client.search_model_versions("name='fgbg-mask-depth'")
-    assert any(v.run_id == run.info.run_id for v in versions)
+    version = next(v for v in versions if v.run_id == run.info.run_id)
+
+    # the registered model is model.pt's best weights with normalisation inside, at any H, W
+    from fgbg.model import Deployable
+    from fgbg.train import load_model
+
+    served = mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}")
+    x = np.random.default_rng(0).random((3, 6, 96, 64), dtype=np.float32)
+    got = served.predict(x)
+    model, norm, _, _ = load_model(tmp_path / "m" / "model.pt", torch.device("cpu"))
+    with torch.no_grad():
+        prob, depth_pred = Deployable(model, norm)(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
+    assert got.shape == (3, 2, 96, 64)
+    np.testing.assert_allclose(got, torch.cat([prob, depth_pred], 1).numpy(), atol=1e-5)
 
 
 def test_evaluate_writes_metrics_table_and_sheet(data, tmp_path):
@@ -186,6 +215,7 @@ def test_predict_returns_outputs_at_the_input_photo_size(data, tmp_path):
     depth = np.asarray(Image.open(tmp_path / "out" / "a_depth.png"))
     assert mask.shape == (70, 100) and set(np.unique(mask)) <= {0, 255}
     assert depth.shape == (70, 100) and depth.dtype == np.uint16
+    assert network_size(480, 640, 192) == (192, 256)  # aspect kept, sides multiples of 32
     assert np.asarray(Image.open(tmp_path / "out" / "b_overlay.png")).shape == (45, 45, 3)
 
 
@@ -232,3 +262,5 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(data, tmp_path):
     saved = torch.load(tmp_path / "ddp" / "model.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in saved["model"])  # the bare model, not the DDP wrapper
     assert "train: 1 epochs" in res.stderr
+    rngs = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["flip"], rngs[1]["flip"])  # each rank resumes its own

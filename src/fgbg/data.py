@@ -85,11 +85,14 @@ class ShardSamples(IterableDataset):
                 )
 
 
-def make_loader(dataset: ShardSamples, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+def make_loader(
+    dataset: ShardSamples, batch_size: int, workers: int, device: torch.device, drop_last: bool = False
+) -> DataLoader:
     workers = min(workers, len(dataset.names))
     return DataLoader(
         dataset,
         batch_size=batch_size,
+        drop_last=drop_last,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
@@ -143,6 +146,15 @@ class Batch:
     depth: torch.Tensor
 
 
+def resize_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-resize inverse depth over pixels that have depth only: a pixel stays sky (0) where most
+    of its area is sky, and sky never drags a depth towards "far" at the horizon."""
+    valid = (depth > 0).float()
+    total = F.interpolate(depth, size=(size, size), mode="area")
+    share = F.interpolate(valid, size=(size, size), mode="area")
+    return torch.where(share >= 0.5, total / share.clamp_min(1e-6), torch.zeros_like(total))
+
+
 def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip: torch.Generator | None = None):
     """Collated worker output → Batch: join bgs by index, widen types, resize, optional flips."""
     fg_bg, mask, depth, bg_idx = raw[:4]
@@ -151,8 +163,9 @@ def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip:
     depth = (depth.to(device, non_blocking=True).int() & 0xFFFF).unsqueeze(1).float().div_(65535)
     bg = bgs[bg_idx.to(device)].float().div_(255)
     if size and size != fg_bg.shape[-1]:
-        bg, fg_bg, depth = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg, depth))
+        bg, fg_bg = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg))
         mask = (F.interpolate(mask, size=(size, size), mode="area") >= 0.5).float()
+        depth = resize_depth(depth, size)
     if flip is not None:  # the same mirror for bg, fg_bg, mask and depth of a sample
         coin = (torch.rand(fg_bg.shape[0], generator=flip) < 0.5).to(device).view(-1, 1, 1, 1)
         bg, fg_bg, mask, depth = (torch.where(coin, t.flip(-1), t) for t in (bg, fg_bg, mask, depth))

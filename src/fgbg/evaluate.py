@@ -40,8 +40,9 @@ def run_evaluate(
         loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, tparams.loss)
         loss_sum += float(loss) * len(raw[4])
         per = {**mask_metrics((mask_logits > 0).float(), batch.mask), **depth_metrics(depth, batch.depth)}
-        for i, key in enumerate(raw[4]):
-            rows.append({"key": key, **{k: float(per[k][i]) for k in SAMPLE_FIELDS[1:]}})
+        columns = torch.stack([per[k] for k in SAMPLE_FIELDS[1:]], 1).cpu().tolist()  # one copy per batch
+        rows.extend({"key": key, **dict(zip(SAMPLE_FIELDS[1:], values, strict=True))}
+                    for key, values in zip(raw[4], columns, strict=True))  # fmt: skip
         extremes = _keep_extremes(extremes, batch, mask_logits, depth, per["iou"], params.sheet_samples)
     n = len(rows)
     result = {
@@ -65,12 +66,14 @@ def run_evaluate(
 
 def _keep_extremes(kept: list, batch, mask_logits, depth, iou, k: int) -> list:
     """The k/2 best and k/2 worst samples by IoU so far, as small CPU tensors."""
-    for i in range(iou.shape[0]):
+    half = max(1, k // 2)
+    order = iou.argsort(descending=True)
+    picked = order if order.numel() <= 2 * half else torch.cat([order[:half], order[-half:]])
+    for i in picked.tolist():  # only this batch's candidates leave the device
         item = (float(iou[i]), *(t[i : i + 1].cpu() for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth,
                                                              mask_logits, depth)))  # fmt: skip
         kept.append(item)
     kept.sort(key=lambda t: -t[0])
-    half = max(1, k // 2)
     return kept if len(kept) <= 2 * half else kept[:half] + kept[-half:]
 
 

@@ -7,24 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fgbg.data import Normaliser
 from fgbg.images import atomic_write_bytes
+from fgbg.model import Deployable
 from fgbg.train import load_model
-
-
-class Deployable(torch.nn.Module):
-    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth (B×1×H×W each)."""
-
-    def __init__(self, model: torch.nn.Module, norm: Normaliser):
-        super().__init__()
-        self.model = model
-        for name, value in norm.as_dict().items():
-            self.register_buffer(name, torch.tensor(value).view(1, 3, 1, 1))
-
-    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
-        x = torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
-        out = self.model(x)
-        return torch.sigmoid(out[:, :1]), out[:, 1:2]
 
 
 def run_export(model_path: Path, out: Path, check: bool = True) -> dict:

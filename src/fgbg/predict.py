@@ -30,9 +30,17 @@ def pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
     raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders")
 
 
+def network_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """The photo's shape scaled so its short side is the model's input size, keeping the aspect
+    ratio (the U-Net is fully convolutional), each side a multiple of 32 as the encoder needs."""
+    scale = size / min(h, w)
+    return tuple(max(32, round(side * scale / 32) * 32) for side in (h, w))
+
+
 @torch.inference_mode()
 def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto") -> list[Path]:
-    """Predict each pair at the model's input size; outputs are resized back to the photo's size."""
+    """Predict each pair at the model's input scale (aspect ratio kept); outputs are resized back
+    to the photo's size."""
     dev = resolve_device(device)
     model, norm, _, saved = load_model(Path(model_path), dev)
     size = int(saved["input_size"])
@@ -41,10 +49,14 @@ def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: 
         bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
         fg_bg_img = load_raw_image(fg_bg_path, **_LIMITS).pixels[..., :3]
         h, w = fg_bg_img.shape[:2]
+        bh, bw = bg_img.shape[:2]
+        if abs(bh * w - h * bw) > 0.02 * h * bw:
+            raise ValueError(f"{bg_path} is {bw}x{bh}, {fg_bg_path} is {w}x{h}: a bg and its fg_bg show the same view")
+        net_hw = network_size(h, w, size)
 
-        def tensor(img):
+        def tensor(img, hw=net_hw):
             t = torch.from_numpy(np.array(img)).to(dev).permute(2, 0, 1)[None].float() / 255
-            return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            return F.interpolate(t, size=hw, mode="bilinear", antialias=True, align_corners=False)
 
         from fgbg.data import Batch
 

@@ -11,6 +11,7 @@ import json
 import math
 import random
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from fgbg.data import Batch, Normaliser, ShardSamples, bg_table, make_loader, to
 from fgbg.images import atomic_write_bytes, contact_sheet
 from fgbg.losses import total_loss
 from fgbg.metrics import depth_metrics, mask_metrics
-from fgbg.model import build_model, split_outputs
+from fgbg.model import Deployable, PackedDeployable, build_model, split_outputs
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_delta1", "val_absrel", "lr"]
@@ -117,18 +118,27 @@ class MlflowRun:
         self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
         self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
 
-    def finish(self, model, example: np.ndarray, checkpoint: Path, registered: str | None) -> None:
-        from mlflow.models import infer_signature
+    def finish(self, best_model_file: Path, checkpoint: Path, registered: str | None) -> None:
+        """Log the checkpoint and register the best weights (those in model.pt, not the last
+        epoch's) with their normalisation: bg ⊕ fg_bg on [0, 1] in, mask prob ⊕ depth out."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
 
         self.mlflow.log_artifact(str(checkpoint), "checkpoint")
-        model = model.float().cpu().eval()
-        with torch.no_grad():
-            out = model(torch.from_numpy(example)).numpy()
+        model, norm, _, saved = load_model(best_model_file, torch.device("cpu"))
+        packed = PackedDeployable(Deployable(model, norm)).eval()
+        size = int(saved["input_size"])
+        f32 = np.dtype(np.float32)
+        signature = ModelSignature(  # any batch and any H, W (multiples of 32)
+            inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
+            outputs=Schema([TensorSpec(f32, (-1, 2, -1, -1))]),
+        )
         self.mlflow.pytorch.log_model(
-            model,
+            packed,
             name="model",
-            signature=infer_signature(example, out),
-            input_example=example,
+            signature=signature,
+            # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
+            input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
             registered_model_name=registered,
         )
         self.mlflow.end_run()
@@ -137,7 +147,7 @@ class MlflowRun:
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return ""
 
 
@@ -187,7 +197,9 @@ def run_train(
     norm = Normaliser.from_stats(stats_path, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    steps = math.ceil(len(train_set) / (params.batch_size * world))
+    # full batches only (one shape per step: no recompiles under torch.compile); the loader starts
+    # over if a process's workers run out first, so every DDP rank takes the same number of steps
+    steps = max(1, len(train_set) // (params.batch_size * world))
     steps = min(steps, params.steps_per_epoch) if params.steps_per_epoch else steps
     opt = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=device.type == "cuda"
@@ -199,14 +211,27 @@ def run_train(
     ckpt_path = out_dir / CHECKPOINT
     history_csv = Path(history_csv)
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["scheduler"]["total_steps"] != sched.total_steps:
+            raise ValueError(
+                f"{ckpt_path}: saved for {ckpt['scheduler']['total_steps']} steps, the params now give "
+                f"{sched.total_steps} (train.epochs, steps_per_epoch, batch_size or the data changed): "
+                "train without --resume"
+            )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        flip_rng.set_state(ckpt["flip_rng"])
-        set_rng_state(ckpt["rng"])
+        own = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # each rank its own RNGs
+        flip_rng.set_state(own["flip"])
+        set_rng_state(own["global"])
         start_epoch, best, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["stale"]
         history, run_id = ckpt["history"], ckpt["mlflow_run_id"]
+        if ckpt.get("finished"):
+            log(f"{ckpt_path}: this run already finished; nothing to resume")
+            if world > 1:
+                torch.distributed.destroy_process_group()
+            return {"history": history, "mlflow_run_id": run_id}
         log(f"resuming after epoch {ckpt['epoch']}")
     tracker = MlflowRun(params, all_params, run_id, {"git_commit": git_commit(), **dvc_hashes()}) if lead else None
     net = model
@@ -221,11 +246,11 @@ def run_train(
             break
         train_set.epoch = epoch
         model.train()
-        losses = []
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
         bar = tqdm(
             total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True, disable=not lead
         )
-        for _, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
+        for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
             batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
             mask_logits, depth = forward(net, norm, batch, device)
             loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
@@ -233,13 +258,14 @@ def run_train(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            loss_sum += loss.detach()
+            if step % 20 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             bar.update(1)
         bar.close()
         if lead:
             val = evaluate_split(model, norm, val_set, bgs, device, params)  # bare: no DDP collectives
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+            row = {"epoch": epoch, "train_loss": float(loss_sum) / steps, "val_loss": val["loss"],
                    "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
                    "lr": sched.get_last_lr()[0]}  # fmt: skip
             history.append(row)
@@ -253,10 +279,12 @@ def run_train(
                 )
             else:
                 stale += 1
+        rngs = _gather_rng_states(flip_rng, world)  # every rank's, so a DDP resume is exact too
+        if lead:
             save_atomic(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rng_state(),
-                 "flip_rng": flip_rng.get_state(), "mlflow_run_id": tracker.run_id},
+                 "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
+                 "mlflow_run_id": tracker.run_id},
                 ckpt_path,
             )  # fmt: skip
         if world > 1:
@@ -265,19 +293,37 @@ def run_train(
             best, stale, history = shared
     run_id = None
     if lead:
-        example = torch.zeros(1, 6, 64, 64).numpy()
-        tracker.finish(model, example, ckpt_path, params.mlflow.registered_model)
+        tracker.finish(out_dir / "model.pt", ckpt_path, params.mlflow.registered_model)
         run_id = tracker.run_id
+        save_atomic({**torch.load(ckpt_path, map_location="cpu", weights_only=False), "finished": True}, ckpt_path)
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"history": history, "mlflow_run_id": run_id}
 
 
 def _batches(dataset: ShardSamples, params: TrainParams, device: torch.device):
-    """The epoch's batches, starting over if this process's shards run out first (DDP ranks must
-    take the same number of steps)."""
+    """The epoch's full batches, starting over if this process's shards run out first (DDP ranks
+    must take the same number of steps)."""
     while True:
-        yield from make_loader(dataset, params.batch_size, params.workers, device)
+        produced = 0
+        for batch in make_loader(dataset, params.batch_size, params.workers, device, drop_last=True):
+            produced += 1
+            yield batch
+        if not produced:
+            raise ValueError(
+                f"{dataset.composites_dir}: no full batch of {params.batch_size} in this process's train shards "
+                "(each DataLoader worker batches its own shards): lower train.batch_size or train.workers"
+            )
+
+
+def _gather_rng_states(flip_rng: torch.Generator, world: int) -> list[dict]:
+    """[{global RNGs, flip generator}] of every rank, gathered for rank 0's checkpoint."""
+    mine = {"global": rng_state(), "flip": flip_rng.get_state()}
+    if world == 1:
+        return [mine]
+    gathered: list = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
 
 
 def init_distributed(device_param: str) -> tuple[int, int, torch.device]:
@@ -292,7 +338,10 @@ def init_distributed(device_param: str) -> tuple[int, int, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # rank 0 validates and logs while the others wait: allow it more than the 10-minute default
+    torch.distributed.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=30)
+    )
     return rank, world, device
 
 
@@ -342,6 +391,6 @@ def load_model(path: Path, device: torch.device):
 
     data = torch.load(path, map_location="cpu", weights_only=False)
     params = TrainParams.model_validate(data["train_params"])
-    model = build_model(params)
+    model = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     model.load_state_dict(data["model"])
     return model.to(device).eval(), Normaliser.from_dict(data["normaliser"], device), params, data
