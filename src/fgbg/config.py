@@ -135,7 +135,7 @@ class LossWeights(_Section):
     l1: float = Field(1.0, ge=0)
     ssim: float = Field(1.0, ge=0)
     grad: float = Field(1.0, ge=0)
-    log_depth: float = Field(1.0, ge=0)  # L1 of log depth in metres: what AbsRel and δ measure
+    log_depth: float = Field(0.2, ge=0)  # L1 of log depth in metres: what AbsRel and δ measure
 
 
 class MlflowParams(_Section):
