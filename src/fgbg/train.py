@@ -241,6 +241,7 @@ def run_train(
         )
     net = torch.compile(net) if params.compile else net
 
+    last_state = None  # the newest checkpoint's contents, marked finished at the end
     for epoch in range(start_epoch, params.epochs + 1):
         if stale >= params.patience:
             break
@@ -281,12 +282,10 @@ def run_train(
                 stale += 1
         rngs = _gather_rng_states(flip_rng, world)  # every rank's, so a DDP resume is exact too
         if lead:
-            save_atomic(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
-                 "mlflow_run_id": tracker.run_id},
-                ckpt_path,
-            )  # fmt: skip
+            last_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                          "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
+                          "mlflow_run_id": tracker.run_id}  # fmt: skip
+            save_atomic(last_state, ckpt_path)
         if world > 1:
             shared = [best, stale, history]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -295,7 +294,9 @@ def run_train(
     if lead:
         tracker.finish(out_dir / "model.pt", ckpt_path, params.mlflow.registered_model)
         run_id = tracker.run_id
-        save_atomic({**torch.load(ckpt_path, map_location="cpu", weights_only=False), "finished": True}, ckpt_path)
+        if last_state is None:  # resumed after an early stop: no epoch ran in this process
+            last_state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        save_atomic({**last_state, "finished": True}, ckpt_path)
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"history": history, "mlflow_run_id": run_id}
