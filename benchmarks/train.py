@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 from fgbg.config import TrainParams, resolve_device
-from fgbg.data import Batch, Normaliser, ShardSamples, bg_table, make_loader, to_device
+from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
-from fgbg.model import build_model
-from fgbg.train import forward
+from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
 
 
 def timed_steps(step, batches, warmup: int, steps: int, batch_size: int, device) -> float:
@@ -51,17 +50,15 @@ def main() -> None:
 
     params = TrainParams(encoder=args.encoder, batch_size=args.batch_size, workers=args.workers)
     device = resolve_device("auto")
-    model = build_model(params).to(device)
+    model = MaskDepthNet(build_model(params), Normaliser(*[[0.5] * 3, [0.25] * 3] * 2)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
-    one = torch.ones(1, 3, 1, 1, device=device)
-    norm = Normaliser(0.5 * one, 0.25 * one, 0.5 * one, 0.25 * one)
 
     def step(batch: Batch) -> None:
-        mask_logits, depth = forward(net, norm, batch, device)
-        loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
+        out = infer(net, batch.bg, batch.fg_bg)
+        loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -51,3 +51,48 @@ def tiny_depth(tiny_prepared, tiny_composites, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("depth") / "depth"
     run_depth(DepthParams(jobs=1, preview_samples=4), tiny_prepared, tiny_composites, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_stats(tiny_prepared, tiny_composites, tiny_depth, tmp_path_factory) -> Path:
+    from fgbg.config import StatsParams
+    from fgbg.stats import run_stats
+
+    out = tmp_path_factory.mktemp("stats") / "stats.json"
+    run_stats(StatsParams(jobs=1), tiny_prepared, tiny_composites, tiny_depth, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_prepared, tiny_composites, tiny_depth, tiny_stats):
+    return tiny_prepared, tiny_composites, tiny_depth, tiny_stats
+
+
+def tiny_train_params(tmp_path: Path, **kw):
+    from fgbg.config import TrainParams
+
+    base = dict(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], image_size=32, epochs=2,
+                steps_per_epoch=2, batch_size=4, workers=0, device="cpu",
+                mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})  # fmt: skip
+    return TrainParams(**{**base, **kw})
+
+
+def train_tiny(params, data, out: Path, **kw) -> dict:
+    from fgbg.train import run_train
+
+    prepared, composites, depth, stats = data
+    return run_train(params, {"train": params.model_dump()}, prepared, composites, depth, stats, out,
+                     history_csv=out / "history.csv", log=quiet, **kw)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """One tiny model trained once (1 epoch, registered in its own MLflow store), shared by the
+    evaluate, predict, export and tracking tests."""
+    from types import SimpleNamespace
+
+    root = tmp_path_factory.mktemp("trained")
+    params = tiny_train_params(root, epochs=1)
+    result = train_tiny(params, tiny_data, root / "models")
+    return SimpleNamespace(model=root / "models" / "model.pt", params=params, run_id=result["mlflow_run_id"],
+                           root=root, history=result["history"])  # fmt: skip

@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 from conftest import TINY_COMPOSE, TINY_SPLIT
 
-from fgbg.compose import (
-    PreparedSet,
-    assign_splits,
-    compose_one,
-    fg_variant,
-    fit_size,
-    grid_positions,
-    make_plan,
-    read_index,
-    run_compose,
-)
+from fgbg.compose import Composer, compose_one, fit_size, grid_positions, make_plan, run_compose, shard_tasks
 from fgbg.images import decode, resize_rgba
+from fgbg.prepared import PreparedSet, assign_splits, fg_variant, read_index
 from fgbg.shards import file_sha256, iter_shard, read_manifest
 
 
@@ -60,6 +51,29 @@ def test_blend_is_alpha_weighted_and_leaves_bg_outside_the_box():
     # opaque pixels are the fg's own colour, transparent ones the bg's: no halo, no colour shift
     np.testing.assert_array_equal(got[fg[..., 3] == 255], fg[..., :3][fg[..., 3] == 255])
     np.testing.assert_array_equal(got[fg[..., 3] == 0], bg[7:17, 5:17][fg[..., 3] == 0])
+
+
+def test_shipped_renderer_matches_a_float_reference_pixel_for_pixel(tiny_prepared):
+    """The pixels the shards encode (Composer.render, BGR, before JPEG) against a float blend
+    written here, on every planned row of the tiny set: random sizes, alphas, positions, flips."""
+    split = TINY_SPLIT
+    ps = PreparedSet(tiny_prepared, split)
+    plan = make_plan(ps, TINY_COMPOSE.model_copy(update={"scale_jitter": 0.4}))
+    composer = Composer(tiny_prepared, split, 90)
+    diffs = []
+    for row in plan.tolist():
+        _, bg, fg, flip, _, x, y, w, h = row
+        fg_bg_bgr, mask = composer.render(row)
+        rgba = fg_variant(ps.fg[fg], bool(flip), w, h).astype(np.float64)
+        a = rgba[..., 3:] / 255.0
+        want = ps.bg[bg].astype(np.float64)
+        want[y : y + h, x : x + w] = a * rgba[..., :3] + (1 - a) * want[y : y + h, x : x + w]
+        diffs.append(np.abs(fg_bg_bgr[..., ::-1] - want).max())
+        want_mask = np.zeros(mask.shape, np.uint8)
+        want_mask[y : y + h, x : x + w][rgba[..., 3] >= 128] = 255
+        np.testing.assert_array_equal(mask, want_mask)
+    assert len(diffs) > 50 and max(diffs) <= 0.5 + 1e-9  # the float blend, rounded to nearest
+    assert len({t.name for t in shard_tasks(plan, 40)}) > 1
 
 
 def test_flip_mirrors_the_fg_and_its_mask():
@@ -147,7 +161,8 @@ def test_stored_mask_is_the_placed_fg_alpha(tiny_prepared, tiny_composites):
     meta = json.loads(files["json"])
     x, y, w, h = meta["box"]
     fg = fg_variant(ps.fg[ps.fg_ids.index(meta["fg"])], bool(meta["flip"]), w, h)
-    _, mask = compose_one(ps.bg[ps.bg_ids.index(meta["bg"])], fg, x, y)
+    mask = np.zeros(ps.bg_size[::-1], np.uint8)  # independent of the compositing code
+    mask[y : y + h, x : x + w][fg[..., 3] >= 128] = 255
     np.testing.assert_array_equal(decode(files["mask.png"]), mask)
     assert key.startswith(f"{meta['bg']}_{meta['fg']}_f{meta['flip']}_p")
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fgbg.compose import PreparedSet, compose_one, fg_variant, read_index
 from fgbg.config import DepthParams
+from fgbg.convention import inverse_u16_to_metric, metric_to_inverse_u16
 from fgbg.depth import contact_point, paste_depth, run_depth
-from fgbg.images import decode, inverse_u16_to_metric, metric_to_inverse_u16
+from fgbg.images import decode
+from fgbg.prepared import PreparedSet, parse_key
 from fgbg.shards import file_sha256, iter_shard, read_manifest
 
 
@@ -57,7 +58,7 @@ def test_depth_shards_are_keyed_like_the_composites_and_match_the_masks(tiny_pre
         assert key == dkey
         depth, mask = decode(d["depth.png"]), decode(c["mask.png"]) > 0
         assert depth.dtype == np.uint16 and depth.shape == mask.shape
-        bg_depth = ps.bg_depth[ps.bg_ids.index(key.split("_")[0])]
+        bg_depth = ps.bg_depth[ps.bg_ids.index(parse_key(key).bg)]
         np.testing.assert_array_equal(depth[~mask], bg_depth[~mask])
         assert (depth >= bg_depth).all()
 
@@ -69,11 +70,21 @@ def test_depth_is_deterministic_across_job_counts(tiny_prepared, tiny_composites
     assert (tmp_path / "d" / "preview.png").stat().st_size > 0
 
 
-def test_compose_and_depth_agree_on_the_fg_geometry(tiny_prepared, tiny_composites):
+def test_depth_shards_put_the_object_where_the_composite_mask_is(tiny_prepared, tiny_composites, tiny_depth):
+    """Read back from both stages' shards: the depth map differs from the bg's only under the
+    stored mask, and there it is the depth at the object's own ground contact."""
     ps = PreparedSet(tiny_prepared, depth=True)
-    r = read_index(tiny_composites)[0]
-    x, y, w, h = (int(r[k]) for k in "xywh")
-    fg = fg_variant(ps.fg[ps.fg_ids.index(r["fg"])], r["flip"] == "1", w, h)
-    _, mask = compose_one(ps.bg[0], fg, x, y)
-    out = paste_depth(ps.bg_depth[0], fg[..., 3] >= 128, x, y)
-    assert ((out != ps.bg_depth[0]) <= (mask > 0)).all()  # depth changes only under the mask
+    changed_somewhere = 0
+    for name in read_manifest(tiny_composites)["shards"]:
+        pairs = zip(iter_shard(tiny_composites / name), iter_shard(tiny_depth / name), strict=True)
+        for (key, comp), (_, dep) in pairs:
+            depth, mask = decode(dep["depth.png"]), decode(comp["mask.png"]) > 0
+            bg_depth = ps.bg_depth[ps.bg_ids.index(parse_key(key).bg)]
+            assert ((depth != bg_depth) <= mask).all(), key
+            rows = np.flatnonzero(mask.any(axis=1))
+            bottom = rows[-1]
+            cols = np.flatnonzero(mask[bottom])
+            contact = bg_depth[bottom, cols[len(cols) // 2]]
+            np.testing.assert_array_equal(depth[mask], np.maximum(bg_depth[mask], contact))
+            changed_somewhere += int((depth != bg_depth).any())
+    assert changed_somewhere > 0

@@ -18,7 +18,7 @@ from conftest import TINY_SPLIT, quiet
 from fgbg.compose import run_compose
 from fgbg.config import ComposeParams, DepthParams, StatsParams, TrainParams
 from fgbg.depth import run_depth
-from fgbg.shards import MANIFEST, file_sha256
+from fgbg.shards import JOURNAL, MANIFEST, file_sha256
 from fgbg.stats import run_stats
 from fgbg.train import run_train
 
@@ -35,16 +35,14 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fgbg.cli", *args]
 
 
-def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until=None) -> None:
-    """Start cmd in its own process group and SIGKILL the group (workers too) after a delay or
-    as soon as `until()` is true."""
+def kill_after(cmd: list[str], cwd: Path, until) -> None:
+    """Start cmd in its own process group and SIGKILL the group (workers too) as soon as
+    `until()` is true: a point in the run's progress, not a time, so a faster machine cannot
+    finish before the kill."""
     proc = subprocess.Popen(cmd, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    if until is not None:
-        while not until() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-    else:
-        time.sleep(seconds)
+    while not until() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -52,9 +50,16 @@ def kill_after(cmd: list[str], cwd: Path, seconds: float | None = None, until=No
     proc.wait()
 
 
-def first_shard_written(out: Path):
-    """A trigger for kill_after: some shard has landed, most are still to come."""
-    return lambda: any(out.glob("*/shard-*.tar"))
+def journal_has(out: Path, n: int):
+    """A trigger for kill_after: the stage has journalled n finished shards (of 144)."""
+
+    def reached() -> bool:
+        try:
+            return (out / JOURNAL).read_bytes().count(b"\n") >= n
+        except FileNotFoundError:
+            return False
+
+    return reached
 
 
 def run_ok(cmd: list[str], cwd: Path) -> None:
@@ -78,32 +83,28 @@ def reference(tiny_prepared, tmp_path_factory) -> Path:
     return ref
 
 
-def kill_and_rerun(stage_args: list[str], tmp_path: Path, expected: Path, delays: tuple) -> None:
-    """For each kill point: run the stage, SIGKILL it, rerun it; the output must equal `expected`.
-    The first kill point, "first shard", lands mid-run by construction."""
-    interrupted = []
-    for delay in ("first shard", *delays):
-        out = tmp_path / f"killed-{delay}"
+def kill_and_rerun(stage_args: list[str], tmp_path: Path, expected: Path, kill_points: tuple[int, ...]) -> None:
+    """For each kill point (the Nth shard journalled): run the stage, SIGKILL it there, rerun
+    it; the output must equal `expected`. Every kill lands mid-run by construction."""
+    for n in kill_points:
+        out = tmp_path / f"killed-after-{n}"
         cmd = cli(*stage_args, "--out", str(out))
-        if delay == "first shard":
-            kill_after(cmd, tmp_path, until=first_shard_written(out))
-        else:
-            kill_after(cmd, tmp_path, seconds=delay)
-        interrupted.append(not (out / MANIFEST).exists())
+        kill_after(cmd, tmp_path, until=journal_has(out, n))
+        assert not (out / MANIFEST).exists(), n  # killed before the end
+        assert journal_has(out, n)(), n  # ... and after the Nth shard
         run_ok(cmd, tmp_path)
-        assert hashes(out) == hashes(expected), delay
-    assert interrupted[0]
+        assert hashes(out) == hashes(expected), n
 
 
 def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
     args = ["compose", "-p", str(params_file), "--prepared", str(tiny_prepared)]
-    kill_and_rerun(args, tmp_path, reference / "composites", (1.0, 2.0, 3.0))
+    kill_and_rerun(args, tmp_path, reference / "composites", (1, 40, 120))
 
 
 def test_depth_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):
     args = ["depth", "-p", str(params_file), "--prepared", str(tiny_prepared),
             "--composites", str(reference / "composites")]  # fmt: skip
-    kill_and_rerun(args, tmp_path, reference / "depth", (2.0, 3.5))
+    kill_and_rerun(args, tmp_path, reference / "depth", (1, 70))
 
 
 def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_composites, tiny_depth, tmp_path):

@@ -18,7 +18,8 @@ from conftest import quiet
 from PIL import Image
 
 from fgbg.config import PrepareParams
-from fgbg.images import extract_object_alpha, metric_to_inverse_u16, read_image
+from fgbg.convention import metric_to_inverse_u16
+from fgbg.images import extract_object_alpha, read_image
 from fgbg.prepare import PrepareFailed, prepare_bg, run_prepare
 
 

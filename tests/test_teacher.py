@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+import fgbg.depth as depth_module
 from fgbg.config import DepthParams, TeacherParams
 from fgbg.depth import run_depth
 from fgbg.images import decode
+from fgbg.prepared import PreparedSet, parse_key
 from fgbg.shards import file_sha256, iter_shard, read_manifest
-from fgbg.teacher import DepthTeacher, TeacherError, save_random_depth_anything, to_inverse_u16
+from fgbg.teacher import DepthTeacher, TeacherError, TeacherOutput, save_random_depth_anything, to_inverse_u16
 
 transformers = pytest.importorskip("transformers")
 
@@ -58,8 +60,18 @@ def test_metric_teachers_map_through_the_fixed_range():
     assert u16[0, 0, 0] == 65535 and u16[0, 1, 1] == 0 and u16[0, 0, 1] > u16[0, 1, 0]
 
 
-def test_compose_mode_runs_the_teacher_once_per_bg(tiny_teacher, tiny_prepared, tiny_composites, tmp_path):
+def test_compose_mode_runs_the_teacher_once_per_bg(tiny_teacher, tiny_prepared, tiny_composites, tmp_path, monkeypatch):
+    seen = []
+    real_predict = DepthTeacher.predict
+
+    def counting_predict(self, images):
+        seen.extend(images[i].numpy().tobytes() for i in range(images.shape[0]))
+        return real_predict(self, images)
+
+    monkeypatch.setattr(DepthTeacher, "predict", counting_predict)
     manifest = run_depth(teacher_params(tiny_teacher, "compose"), tiny_prepared, tiny_composites, tmp_path / "d")
+    bgs = PreparedSet(tiny_prepared).bg
+    assert sorted(seen) == sorted(b.tobytes() for b in bgs)  # each bg once, never a composite
     assert manifest["samples"] == read_manifest(tiny_composites)["samples"]
     name = next(iter(manifest["shards"]))
     for (key, comp), (dkey, dep) in zip(
@@ -113,13 +125,51 @@ def test_depth_agreement_cli_reports_absrel_and_delta1_inside_and_outside_the_ma
     assert 0 <= result["bg_delta1"] <= 1 and 0 <= result["fg_delta1"] <= 1
 
 
+class _LookupTeacher:
+    """A stand-in teacher that knows the true depth of every image it is shown: bgs → their
+    provided depth; composites → the depth stage's map, or the bare bg's when `ignore_object`."""
+
+    resolution = 64
+
+    def __init__(self, prepared, composites, depth, ignore_object=False):
+        ps = PreparedSet(prepared, depth=True)
+        self.truth = {b.tobytes(): d for b, d in zip(ps.bg, ps.bg_depth, strict=True)}
+        for name in read_manifest(composites)["shards"]:
+            for (key, comp), (_, dep) in zip(iter_shard(composites / name), iter_shard(depth / name), strict=True):
+                truth = ps.bg_depth[ps.bg_ids.index(parse_key(key).bg)] if ignore_object else decode(dep["depth.png"])
+                self.truth[decode(comp["jpg"]).tobytes()] = truth
+
+    def predict(self, images):
+        maps = [
+            torch.from_numpy(self.truth[images[i].numpy().tobytes()].astype(np.float32)) for i in range(len(images))
+        ]
+        return TeacherOutput(torch.stack(maps), metric=False)
+
+
+def test_depth_agreement_is_perfect_for_a_teacher_that_agrees_and_flags_one_that_ignores_the_object(
+    tiny_prepared, tiny_composites, tiny_depth, monkeypatch
+):
+    params = DepthParams(source="teacher", teacher=TeacherParams(model="stand-in", batch_size=8))
+    agree = _LookupTeacher(tiny_prepared, tiny_composites, tiny_depth)
+    monkeypatch.setattr(depth_module, "load_teacher", lambda p: agree)
+    result = depth_module.depth_agreement(params, tiny_prepared, tiny_composites, samples=12)
+    assert result["samples"] == 12
+    assert result["fg_absrel"] < 1e-3 and result["bg_absrel"] < 1e-3
+    assert result["fg_delta1"] == 1.0 and result["bg_delta1"] == 1.0
+
+    blind = _LookupTeacher(tiny_prepared, tiny_composites, tiny_depth, ignore_object=True)
+    monkeypatch.setattr(depth_module, "load_teacher", lambda p: blind)
+    result = depth_module.depth_agreement(params, tiny_prepared, tiny_composites, samples=12)
+    assert result["fg_absrel"] > 10 * max(result["bg_absrel"], 1e-3)  # the object's depth is what differs
+
+
 def test_per_image_mode_without_a_teacher_is_a_param_error():
     with pytest.raises(ValueError, match="set source: teacher"):
         DepthParams(source="provided", mode="per_image")
 
 
 def test_metric_conversion_matches_the_projects_fixed_range():
-    from fgbg.images import metric_to_inverse_u16
+    from fgbg.convention import metric_to_inverse_u16
 
     metres = np.geomspace(0.5, 400, 50).reshape(1, 5, 10)
     got = to_inverse_u16(torch.from_numpy(metres).float(), metric=True).astype(int)

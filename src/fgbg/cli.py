@@ -191,7 +191,7 @@ def evaluate(
     from fgbg.evaluate import run_evaluate
 
     p = _params(params)
-    run_evaluate(p.evaluate, model, prepared, composites, depth_dir, out, p.train.device, log=_log)
+    run_evaluate(p.evaluate, model, prepared, composites, depth_dir, out, p.train.device, p.train.mlflow, log=_log)
 
 
 @app.command()
@@ -237,9 +237,11 @@ def mlflow_server(
     """
     import os
 
+    from fgbg.tracking import quiet_telemetry
+
+    quiet_telemetry()
     cmd = ["mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts.resolve()),
            "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.execvp(cmd[0], cmd)
 
 

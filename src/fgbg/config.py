@@ -144,6 +144,90 @@ class MlflowParams(_Section):
     registered_model: str | None = "fgbg-mask-depth"  # null: do not register
 
 
+def _range(default: tuple[float, float], lo: float, hi: float):
+    """A (low, high) field whose ends must lie in [lo, hi]; `_RangedSection` checks it."""
+    return Field(default, json_schema_extra={"bounds": [lo, hi]})
+
+
+class _RangedSection(_Section):
+    """A section with (low, high) fields: ends inside their bounds and ordered; errors name the field."""
+
+    @model_validator(mode="after")
+    def _ranges_valid(self):
+        for name, field in type(self).model_fields.items():
+            extra = field.json_schema_extra
+            if not isinstance(extra, dict) or "bounds" not in extra:
+                continue
+            (low, high), (lo, hi) = getattr(self, name), extra["bounds"]
+            if not (lo <= low <= hi and lo <= high <= hi):
+                raise ValueError(f"{name}: both ends must lie in [{lo:g}, {hi:g}], got [{low:g}, {high:g}]")
+            if low > high:
+                raise ValueError(f"{name}: low {low:g} > high {high:g}")
+        return self
+
+
+class MisalignParams(_Section):
+    """bg only: the camera moved between the empty plate and the shot with the subject (tripod scale).
+    Each bound is a maximum |value|, drawn uniformly in [-max, max] per sample."""
+
+    p: float = Field(0.3, ge=0.0, le=1.0)
+    translate: float = Field(0.01, ge=0.0, le=0.25)  # fraction of the side per axis (0.01 = 1.9 px at 192)
+    rotate: float = Field(1.0, ge=0.0, le=45.0)  # degrees
+    scale: float = Field(0.01, ge=0.0, lt=0.5)  # |zoom - 1|
+    padding: Literal["border", "reflection"] = "reflection"
+
+
+class PhotometricParams(_Section):
+    """Exposure, tone curve, white balance and black level drift; each shot draws its own with its own
+    probability (both drift in real captures; the network must ignore their difference)."""
+
+    p_bg: float = Field(0.5, ge=0.0, le=1.0)
+    p_fg_bg: float = Field(0.25, ge=0.0, le=1.0)
+    gain: float = Field(0.15, ge=0.0, le=3.0)  # exposure factor in [1/(1+gain), 1+gain], log-uniform
+    gamma: float = Field(0.1, ge=0.0, le=3.0)  # exponent in [1/(1+gamma), 1+gamma], log-uniform
+    white_balance: float = Field(0.05, ge=0.0, le=1.0)  # per-channel factor, same form, geometric mean 1
+    offset: float = Field(0.02, ge=0.0, le=0.5)  # black level added, in [-offset, offset]
+
+
+class BlurParams(_RangedSection):
+    """Slight defocus/softness that differs between the shots; each shot is blurred independently."""
+
+    p: float = Field(0.2, ge=0.0, le=1.0)
+    sigma: tuple[float, float] = _range((0.3, 0.8), 0.0, 4.0)  # Gaussian σ in px at the training size
+
+
+class NoiseParams(_RangedSection):
+    """Sensor noise, drawn independently for each shot, channel and pixel."""
+
+    p: float = Field(0.4, ge=0.0, le=1.0)
+    sigma: tuple[float, float] = _range((0.0, 0.02), 0.0, 0.5)  # std on [0, 1] intensities
+
+
+class ShadowParams(_RangedSection):
+    """fg_bg only: the object's soft shadow on the scene, made from its mask (squashed and sheared
+    about the mask's bottom like a shadow on the ground, offset like one on a wall, then blurred).
+    Mask and depth stay: a shadow is not the object."""
+
+    p: float = Field(0.3, ge=0.0, le=1.0)
+    strength: tuple[float, float] = _range((0.1, 0.3), 0.0, 1.0)  # darkening where the shadow is full
+    offset: float = Field(0.05, ge=0.0, le=0.5)  # max |dx|, |dy| as a fraction of the side
+    squash: tuple[float, float] = _range((0.3, 1.0), 0.05, 1.0)  # vertical scale about the object's bottom
+    shear: float = Field(1.0, ge=0.0, le=5.0)  # max |horizontal px per px of height above the bottom|
+    blur: tuple[float, float] = _range((0.005, 0.02), 0.0, 0.1)  # Gaussian σ as a fraction of the side
+
+
+class AugmentParams(_Section):
+    """Capture augmentation on the device: train on pairs that differ like real bg / fg_bg shots do
+    (DESIGN.md §9), so camera shift, exposure, noise and shadows are not read as object."""
+
+    enabled: bool = True
+    misalign: MisalignParams = MisalignParams()
+    photometric: PhotometricParams = PhotometricParams()
+    blur: BlurParams = BlurParams()
+    noise: NoiseParams = NoiseParams()
+    shadow: ShadowParams = ShadowParams()
+
+
 class TrainParams(_Section):
     """The mask + depth U-Net and how it is trained."""
 
@@ -159,6 +243,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)  # early stop after this many epochs without a better val loss
     augment_flip: bool = True
+    augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)
     device: str = "auto"

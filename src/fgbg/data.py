@@ -8,7 +8,6 @@ in an order shuffled per epoch from the seed, so an epoch's samples depend only 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fgbg.compose import PreparedSet
 from fgbg.images import decode
+from fgbg.prepared import PreparedSet, parse_key
 from fgbg.shards import ShardRecord, iter_shard, read_manifest, verify_shard
-
-
-def bg_number(key: str) -> int:
-    """`bg0042_fg0017_f1_p07` → 42 (the prepared bg's position)."""
-    return int(key.split("_", 1)[0][2:])
 
 
 class ShardSamples(IterableDataset):
@@ -80,7 +74,7 @@ class ShardSamples(IterableDataset):
                     torch.from_numpy(decode(files["jpg"])),
                     torch.from_numpy(decode(files["mask.png"])),
                     torch.from_numpy(depth),
-                    bg_number(key),
+                    parse_key(key).bg_number,
                     key,
                 )
 
@@ -97,37 +91,6 @@ def make_loader(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-
-
-@dataclass
-class Normaliser:
-    """Per-channel mean/std of bg and fg_bg from stats.json, as device tensors."""
-
-    bg_mean: torch.Tensor
-    bg_std: torch.Tensor
-    fg_bg_mean: torch.Tensor
-    fg_bg_std: torch.Tensor
-
-    @classmethod
-    def from_stats(cls, stats_path: Path, device: torch.device) -> Normaliser:
-        stats = json.loads(Path(stats_path).read_text())
-
-        def vec(section: str, what: str) -> torch.Tensor:
-            values = [stats[section][what][c] for c in ("r", "g", "b")]
-            return torch.tensor(values, device=device).view(1, 3, 1, 1)
-
-        return cls(vec("bg", "mean"), vec("bg", "std"), vec("fg_bg", "mean"), vec("fg_bg", "std"))
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k).flatten().tolist() for k in ("bg_mean", "bg_std", "fg_bg_mean", "fg_bg_std")}
-
-    @classmethod
-    def from_dict(cls, d: dict, device: torch.device) -> Normaliser:
-        return cls(**{k: torch.tensor(v, device=device).view(1, 3, 1, 1) for k, v in d.items()})
-
-    def inputs(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> torch.Tensor:
-        """bg, fg_bg float B×3×H×W on [0, 1] → the model's normalised 6-channel input."""
-        return torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
 
 
 def bg_table(prepared_dir: Path, device: torch.device) -> torch.Tensor:

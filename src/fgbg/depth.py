@@ -1,6 +1,6 @@
 """`depth` stage: a depth map for every composite, in shards keyed like the composites.
 
-Convention (see images.DEPTH_CONVENTION): 16-bit PNG of normalised inverse depth, near = bright.
+Convention (see convention.DEPTH_CONVENTION): 16-bit PNG of normalised inverse depth, near = bright.
 Mode `compose` takes each bg's depth once (source `provided`: the prepared bg_depth maps; a
 pretrained teacher plugs in at `bg_depth_maps`) and pastes the fg at the depth of the bg where
 the fg touches the ground — the bottom of its mask — never behind the bg it covers.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import cv2
@@ -20,26 +20,22 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from fgbg.compose import PREVIEW, PreparedSet, fg_variant, iter_index, preview_samples, sample_key
 from fgbg.config import DepthParams, resolve_jobs
-from fgbg.images import (
-    DEPTH_CONVENTION,
-    MASK_THRESHOLD,
-    atomic_write_bytes,
-    contact_sheet,
-    decode,
-    encode_png,
-)
+from fgbg.convention import DEPTH_CONVENTION
+from fgbg.images import MASK_THRESHOLD, decode, encode_png
+from fgbg.prepared import PreparedSet, fg_variant, iter_index, parse_key, sample_key
 from fgbg.shards import (
+    PREVIEW,
     ShardJournal,
     ShardTask,
     ShardWriter,
     build_shards,
     fingerprint_of,
+    finish_stage,
     folder_fingerprint,
     iter_shard,
+    preview_samples,
     read_manifest,
-    write_manifest,
 )
 from fgbg.teacher import DepthTeacher, to_inverse_u16
 
@@ -87,20 +83,23 @@ def load_teacher(params: DepthParams) -> DepthTeacher:
 
 # ---------------------------------------------------------------- compose mode workers
 
-_STATE: dict = {}
 
+class DepthPaster:
+    """Writes a shard's depth maps in compose mode; one per worker process (see build_shards)."""
 
-def _init_worker(prepared_dir: str, png_compression: int, bg_depth: list[np.ndarray]) -> None:
-    ps = PreparedSet(Path(prepared_dir))
-    _STATE.update(ps=ps, depth=bg_depth, png=png_compression)
-    _STATE["bg_index"] = {b: i for i, b in enumerate(ps.bg_ids)}
-    _STATE["fg_index"] = {f: i for i, f in enumerate(ps.fg_ids)}
-    _mask.cache_clear()
+    def __init__(self, prepared_dir: Path, png_compression: int, bg_depth: list[np.ndarray]):
+        self.ps = PreparedSet(Path(prepared_dir))
+        self.bg_depth, self.png = bg_depth, png_compression
+        self.mask = lru_cache(maxsize=4096)(self._mask)
 
+    def _mask(self, fg: int, flip: int, w: int, h: int) -> np.ndarray:
+        return fg_variant(self.ps.fg[fg], bool(flip), w, h)[..., 3] >= MASK_THRESHOLD
 
-@lru_cache(maxsize=4096)
-def _mask(fg: int, flip: int, w: int, h: int) -> np.ndarray:
-    return fg_variant(_STATE["ps"].fg[fg], bool(flip), w, h)[..., 3] >= MASK_THRESHOLD
+    def __call__(self, writer: ShardWriter, rows: np.ndarray) -> None:
+        ps = self.ps
+        for b, f, flip, pos, x, y, w, h in rows.tolist():
+            depth = paste_depth(self.bg_depth[b], self.mask(f, flip, w, h), x, y)
+            writer.add(sample_key(ps.bg_ids[b], ps.fg_ids[f], flip, pos), {"depth.png": _encode_depth(depth, self.png)})
 
 
 def _encode_depth(depth: np.ndarray, compression: int) -> bytes:
@@ -108,25 +107,18 @@ def _encode_depth(depth: np.ndarray, compression: int) -> bytes:
     return encode_png(depth, compression, cv2.IMWRITE_PNG_FILTER_UP)
 
 
-def _fill_shard(writer: ShardWriter, rows: np.ndarray) -> None:
-    ps: PreparedSet = _STATE["ps"]
-    for bg, fg, flip, pos, x, y, w, h in rows.tolist():
-        b, f = _STATE["bg_index"][f"bg{bg:04d}"], _STATE["fg_index"][f"fg{fg:04d}"]
-        key = sample_key(ps.bg_ids[b], ps.fg_ids[f], flip, pos)
-        depth = paste_depth(_STATE["depth"][b], _mask(f, flip, w, h), x, y)
-        writer.add(key, {"depth.png": _encode_depth(depth, _STATE["png"])})
-
-
-_ROW_FIELDS = ("bg", "fg", "flip", "position", "x", "y", "w", "h")
-
-
-def _rows_by_shard(composites_dir: Path, shard_names) -> list[tuple[str, np.ndarray]]:
-    """index.csv as one compact int32 array per shard: bg, fg (numbers), flip, position, box."""
+def _rows_by_shard(composites_dir: Path, shard_names, ps: PreparedSet) -> list[tuple[str, np.ndarray]]:
+    """index.csv as one compact int32 array per shard: bg, fg (positions in the prepared set),
+    flip, position, box."""
+    bg_pos = {b: i for i, b in enumerate(ps.bg_ids)}
+    fg_pos = {f: i for i, f in enumerate(ps.fg_ids)}
     by_shard: dict[str, list[tuple[int, ...]]] = defaultdict(list)
     for r in iter_index(composites_dir):
-        r["bg"], r["fg"] = r["bg"][2:], r["fg"][2:]  # "bg0042" → 42
-        by_shard[r["shard"]].append(tuple(int(r[k]) for k in _ROW_FIELDS))
+        by_shard[r["shard"]].append((bg_pos[r["bg"]], fg_pos[r["fg"]], *(int(r[k]) for k in _ROW_FIELDS)))
     return [(name, np.array(by_shard.pop(name, []), np.int32).reshape(-1, 8)) for name in sorted(shard_names)]
+
+
+_ROW_FIELDS = ("flip", "position", "x", "y", "w", "h")
 
 
 # ---------------------------------------------------------------- per-image mode
@@ -224,21 +216,18 @@ def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out
             records = journal.close()
     else:
         ps = PreparedSet(prepared_dir, depth=params.source == "provided")
-        tasks = [ShardTask(name, rows) for name, rows in _rows_by_shard(composites_dir, names)]
+        tasks = [ShardTask(name, rows) for name, rows in _rows_by_shard(composites_dir, names, ps)]
         records = build_shards(
             out_dir,
             tasks,
-            _fill_shard,
+            partial(DepthPaster, prepared_dir, params.png_compression, bg_depth_maps(ps, params, teacher)),
             fingerprint=fingerprint,
             jobs=resolve_jobs(params.jobs),
-            init=_init_worker,
-            init_args=(str(prepared_dir), params.png_compression, bg_depth_maps(ps, params, teacher)),
             desc="depth",
             keep=keep,
         )
-    write_manifest(out_dir, fingerprint, records)
-    _write_preview(out_dir, composites_dir, prepared_dir, names, params.preview_samples)
-    manifest = read_manifest(out_dir)
+    preview = _preview_rows(out_dir, composites_dir, prepared_dir, names, params.preview_samples)
+    manifest = finish_stage(out_dir, fingerprint, records, preview)
     manifest["convention"] = DEPTH_CONVENTION
     return manifest
 
@@ -300,7 +289,7 @@ def _teacher_fingerprint(params: DepthParams) -> str | None:
     return folder_fingerprint(folder) if folder.is_dir() else params.teacher.model
 
 
-def _write_preview(out_dir, composites_dir, prepared_dir, shard_names, n) -> None:
+def _preview_rows(out_dir, composites_dir, prepared_dir, shard_names, n) -> list[list[np.ndarray]]:
     """bg | fg_bg | mask | depth for a few samples, read back from the shards as stored."""
     picked = preview_samples(composites_dir, shard_names, n)
     depth_of = {}
@@ -314,7 +303,6 @@ def _write_preview(out_dir, composites_dir, prepared_dir, shard_names, n) -> Non
                 break
     rows = []
     for _, key, files in picked:
-        bg = decode((prepared_dir / "bg" / f"{key.split('_')[0]}.png").read_bytes())
+        bg = decode((prepared_dir / "bg" / f"{parse_key(key).bg}.png").read_bytes())
         rows.append([bg, decode(files["jpg"]), decode(files["mask.png"]), depth_of[key]])
-    if rows:
-        atomic_write_bytes(out_dir / PREVIEW, encode_png(contact_sheet(rows), 6))
+    return rows

@@ -1,49 +1,101 @@
-"""`evaluate` stage: the test split (unseen bgs and unseen fgs) → metrics, per-sample table, sheet."""
+"""`evaluate` stage: the test split (unseen bgs and unseen fgs) → metrics, per-sample table, sheet.
+
+Also the split evaluation that training validates with each epoch, and the prediction sheets
+both draw.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fgbg.config import EvaluateParams, resolve_device
-from fgbg.data import ShardSamples, bg_table, make_loader, to_device
-from fgbg.images import atomic_write_bytes, encode_png
+from fgbg.config import EvaluateParams, LossWeights, MlflowParams, resolve_device
+from fgbg.convention import unit_to_u16
+from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
+from fgbg.images import atomic_write_bytes, contact_sheet, encode_png
 from fgbg.losses import total_loss
 from fgbg.metrics import DEPTH_METRICS, MASK_METRICS, depth_metrics, mask_metrics
-from fgbg.train import forward, load_model, prediction_sheet
+from fgbg.model import Outputs, infer, load_model
 
 SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS]
+
+
+def predictions(
+    net, dataset: ShardSamples, bgs: torch.Tensor, device: torch.device, batch_size: int, workers: int, size: int,
+    loss_weights: LossWeights,
+) -> Iterator[tuple[list[str], Batch, Outputs, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
+    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split."""
+    for raw in make_loader(dataset, batch_size, workers, device):
+        batch = to_device(raw, bgs, device, size)
+        out = infer(net, batch.bg, batch.fg_bg)
+        loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, loss_weights)
+        per = {**mask_metrics((out.mask_logits > 0).float(), batch.mask), **depth_metrics(out.depth, batch.depth)}
+        yield list(raw[4]), batch, out, loss, per
+
+
+def prediction_sheet(batch: Batch, out: Outputs, n: int) -> np.ndarray:
+    """bg | fg_bg | mask gt | mask pred | depth gt | depth pred for the first n samples."""
+
+    def img(t):
+        return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+    rows = []
+    for i in range(min(n, batch.bg.shape[0])):
+        pred_mask = (out.mask_logits[i] > 0).float()
+        rows.append([img(batch.bg[i]), img(batch.fg_bg[i]), img(batch.mask[i])[..., 0], img(pred_mask)[..., 0],
+                     unit_to_u16(batch.depth[i, 0]), unit_to_u16(out.depth[i, 0])])  # fmt: skip
+    return contact_sheet(rows)
+
+
+@torch.inference_mode()
+def evaluate_split(net, dataset, bgs, device, batch_size, workers, size, loss_weights, sheet_samples=6) -> dict:
+    """Mean loss and metrics over a split; the first batch's predictions as a contact sheet."""
+    was_training = net.training
+    net.eval()
+    sums: dict[str, float] = {}
+    n, sheet = 0, None
+    for _, batch, out, loss, per in predictions(net, dataset, bgs, device, batch_size, workers, size, loss_weights):
+        b = batch.bg.shape[0]
+        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
+        for k, v in per.items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+        n += b
+        if sheet is None:
+            sheet = prediction_sheet(batch, out, sheet_samples)
+    net.train(was_training)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "sheet": sheet}
 
 
 @torch.inference_mode()
 def run_evaluate(
     params: EvaluateParams, model_path: Path, prepared_dir: Path, composites_dir: Path, depth_dir: Path,
-    out_dir: Path, device: str = "auto", log=print,
+    out_dir: Path, device: str = "auto", mlflow: MlflowParams | None = None, log=print,
 ) -> dict:  # fmt: skip
-    """Write test.json (means), test_samples.csv (per sample) and test_sheet.png (best, worst)."""
+    """Write test.json (means), test_samples.csv (per sample) and test_sheet.png (best, worst);
+    log them into the MLflow run that trained the model, when it is in `mlflow`'s store."""
     out_dir = Path(out_dir)
     dev = resolve_device(device)
-    model, norm, tparams, saved = load_model(Path(model_path), dev)
+    loaded = load_model(Path(model_path), dev)
     test = ShardSamples(composites_dir, depth_dir, "test", shuffle=False)
     if not test.names:
         raise ValueError(f"{composites_dir}: no test shards (check split.test)")
     bgs = bg_table(prepared_dir, dev)
     rows, loss_sum, extremes = [], 0.0, []
-    for raw in make_loader(test, params.batch_size, tparams.workers, dev):
-        batch = to_device(raw, bgs, dev, tparams.image_size)
-        mask_logits, depth = forward(model, norm, batch, dev)
-        loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, tparams.loss)
-        loss_sum += float(loss) * len(raw[4])
-        per = {**mask_metrics((mask_logits > 0).float(), batch.mask), **depth_metrics(depth, batch.depth)}
+    tp = loaded.params
+    for keys, batch, out, loss, per in predictions(
+        loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss
+    ):
+        loss_sum += float(loss) * len(keys)
         columns = torch.stack([per[k] for k in SAMPLE_FIELDS[1:]], 1).cpu().tolist()  # one copy per batch
         rows.extend({"key": key, **dict(zip(SAMPLE_FIELDS[1:], values, strict=True))}
-                    for key, values in zip(raw[4], columns, strict=True))  # fmt: skip
-        extremes = _keep_extremes(extremes, batch, mask_logits, depth, per["iou"], params.sheet_samples)
+                    for key, values in zip(keys, columns, strict=True))  # fmt: skip
+        extremes = _keep_extremes(extremes, batch, out, per["iou"], params.sheet_samples)
     n = len(rows)
     result = {
         "samples": n,
@@ -57,48 +109,25 @@ def run_evaluate(
     writer.writeheader()
     writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
     atomic_write_bytes(out_dir / "test_samples.csv", buf.getvalue().encode())
-    sheet = _extremes_sheet(extremes)
+    sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
     atomic_write_bytes(out_dir / "test_sheet.png", encode_png(sheet, 6))
-    _log_to_mlflow(tparams, saved.get("mlflow_run_id"), result, out_dir)
+    if mlflow is not None:
+        from fgbg.tracking import log_evaluation
+
+        files = [out_dir / name for name in ("test.json", "test_samples.csv", "test_sheet.png")]
+        log_evaluation(mlflow, Path(model_path), result, files, "test", "evaluate")
     log(json.dumps(result))
     return result
 
 
-def _keep_extremes(kept: list, batch, mask_logits, depth, iou, k: int) -> list:
+def _keep_extremes(kept: list, batch: Batch, out: Outputs, iou: torch.Tensor, k: int) -> list:
     """The k/2 best and k/2 worst samples by IoU so far, as small CPU tensors."""
     half = max(1, k // 2)
     order = iou.argsort(descending=True)
     picked = order if order.numel() <= 2 * half else torch.cat([order[:half], order[-half:]])
     for i in picked.tolist():  # only this batch's candidates leave the device
-        item = (float(iou[i]), *(t[i : i + 1].cpu() for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth,
-                                                             mask_logits, depth)))  # fmt: skip
-        kept.append(item)
+        one = slice(i, i + 1)
+        sample = Batch(*(t[one].cpu() for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth)))
+        kept.append((float(iou[i]), sample, Outputs(*(t[one].cpu() for t in out))))
     kept.sort(key=lambda t: -t[0])
     return kept if len(kept) <= 2 * half else kept[:half] + kept[-half:]
-
-
-def _extremes_sheet(kept: list) -> np.ndarray:
-    from fgbg.data import Batch
-
-    rows = []
-    for _, bg, fg_bg, mask, depth_gt, logits, depth in kept:
-        rows.append(prediction_sheet(Batch(bg, fg_bg, mask, depth_gt), logits, depth, 1))
-    return np.concatenate(rows, axis=0)
-
-
-def _log_to_mlflow(tparams, run_id: str | None, result: dict, out_dir: Path) -> None:
-    """Test metrics and pictures go into the training run, so MLflow shows one story per model."""
-    if not run_id:
-        return
-    import os
-
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    mlflow.set_tracking_uri(
-        tparams.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    )
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test_{k}": float(v) for k, v in result.items()})
-        for name in ("test.json", "test_samples.csv", "test_sheet.png"):
-            mlflow.log_artifact(str(out_dir / name), "evaluate")

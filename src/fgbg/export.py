@@ -8,15 +8,14 @@ import numpy as np
 import torch
 
 from fgbg.images import atomic_write_bytes
-from fgbg.model import Deployable
-from fgbg.train import load_model
+from fgbg.model import Deployable, load_model
 
 
 def run_export(model_path: Path, out: Path, check: bool = True) -> dict:
     """Write ONNX (dynamic batch) and, with `check`, compare onnxruntime with torch on random input."""
-    model, norm, _, saved = load_model(Path(model_path), torch.device("cpu"))
-    net = Deployable(model, norm).eval()
-    size = int(saved["input_size"])
+    loaded = load_model(Path(model_path), torch.device("cpu"))
+    net = Deployable(loaded.net).eval()
+    size = loaded.input_size
     example = (torch.rand(2, 3, size, size), torch.rand(2, 3, size, size))
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(

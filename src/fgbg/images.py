@@ -296,37 +296,6 @@ def blend_premultiplied(canvas: np.ndarray, premult: np.ndarray, inv_alpha: np.n
     region[...] = t
 
 
-def alpha_blend_into(canvas: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> None:
-    """canvas[y:y+h, x:x+w] = a·fg + (1−a)·canvas, rounded to the nearest integer."""
-    blend_premultiplied(canvas, *premultiply(fg_rgba), x, y)
-
-
-# ---------------------------------------------------------------- depth convention
-
-DEPTH_NEAR_M = 1.0  # metric depth mapped to 65535 (nearer is clipped)
-DEPTH_FAR_M = 200.0  # metric depth mapped to 0; sky and anything farther
-DEPTH_CONVENTION = (
-    "16-bit PNG of normalised inverse depth, near = bright: "
-    f"v = 65535 * (1/d - 1/{DEPTH_FAR_M:g}) / (1/{DEPTH_NEAR_M:g} - 1/{DEPTH_FAR_M:g}), "
-    f"d = z-depth in metres clipped to [{DEPTH_NEAR_M:g}, {DEPTH_FAR_M:g}]"
-)
-
-
-DEPTH_CONVENTION_SHORT = f"inverse depth u16, near=bright, {DEPTH_NEAR_M:g}-{DEPTH_FAR_M:g} m"
-
-
-def metric_to_inverse_u16(depth_m: np.ndarray) -> np.ndarray:
-    """Metric z-depth → the project's 16-bit inverse-depth encoding (fixed range, comparable)."""
-    d = np.clip(depth_m.astype(np.float64), DEPTH_NEAR_M, DEPTH_FAR_M)
-    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
-    return np.round((1.0 / d - lo) / (hi - lo) * 65535.0).astype(np.uint16)
-
-
-def inverse_u16_to_metric(v: np.ndarray) -> np.ndarray:
-    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
-    return 1.0 / (v.astype(np.float64) / 65535.0 * (hi - lo) + lo)
-
-
 # ---------------------------------------------------------------- contact sheets
 
 

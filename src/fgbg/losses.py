@@ -11,15 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from fgbg.config import LossWeights
-from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M
-
-DEPTH_VALID_MIN = 1.0 / 65535  # smaller inverse depth is sky (stored as 0): no depth in metres
-
-
-def to_metres(inverse: torch.Tensor) -> torch.Tensor:
-    """Normalised inverse depth (the 16-bit convention, on [0, 1]) → z-depth in metres."""
-    lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
-    return 1.0 / (inverse.clamp(0, 1) * (hi - lo) + lo)
+from fgbg.convention import DEPTH_VALID_MIN
+from fgbg.convention import inverse_to_metres as to_metres
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fgbg.losses import DEPTH_VALID_MIN, ssim, to_metres
+from fgbg.convention import DEPTH_VALID_MIN
+from fgbg.convention import inverse_to_metres as to_metres
+from fgbg.losses import ssim
 
 MASK_METRICS = ("iou", "dice", "boundary_f")
 DEPTH_METRICS = ("absrel", "rmse", "delta1", "delta2", "delta3", "ssim")

@@ -1,12 +1,56 @@
-"""The mask + depth network: a segmentation-models-pytorch U-Net on bg ⊕ fg_bg (6 channels)."""
+"""The mask + depth network and its file format: one home for build, normalisation, named
+outputs, `model.pt` save/load and the inference forward that train, evaluate, predict, export,
+the MLflow model and the benchmarks all call. Nothing here knows about training."""
 
 from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
 
 from fgbg.config import TrainParams
-from fgbg.data import Normaliser
+from fgbg.images import atomic_write_bytes
+
+RGB = ("r", "g", "b")
+
+
+class Outputs(NamedTuple):
+    """The network's named outputs, each B×1×H×W: mask logits, normalised inverse depth."""
+
+    mask_logits: torch.Tensor
+    depth: torch.Tensor
+
+
+class Normaliser(torch.nn.Module):
+    """bg, fg_bg (B×3×H×W on [0, 1]) → the 6-channel input, standardised with the train split's
+    per-channel mean/std (stats.json). Its buffers travel with the model (device, export)."""
+
+    NAMES = ("bg_mean", "bg_std", "fg_bg_mean", "fg_bg_std")
+
+    def __init__(self, bg_mean, bg_std, fg_bg_mean, fg_bg_std):
+        super().__init__()
+        for name, value in zip(self.NAMES, (bg_mean, bg_std, fg_bg_mean, fg_bg_std), strict=True):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @classmethod
+    def from_stats(cls, stats_path: Path) -> Normaliser:
+        stats = json.loads(Path(stats_path).read_text())
+        return cls(*(list(stats[part][what][c] for c in RGB) for part in ("bg", "fg_bg") for what in ("mean", "std")))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normaliser:
+        return cls(*(d[name] for name in cls.NAMES))
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name).flatten().tolist() for name in self.NAMES}
+
+    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> torch.Tensor:
+        return torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
 
 
 def build_model(params: TrainParams) -> torch.nn.Module:
@@ -23,34 +67,92 @@ def build_model(params: TrainParams) -> torch.nn.Module:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
 
 
-def split_outputs(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask logits, depth) from the model's 2-channel output, each B×1×H×W."""
-    return out[:, :1], out[:, 1:2]
+class MaskDepthNet(torch.nn.Module):
+    """bg, fg_bg (B×3×H×W on [0, 1], H and W multiples of 32) → Outputs: normalisation inside, so
+    every caller feeds plain images."""
+
+    def __init__(self, unet: torch.nn.Module, norm: Normaliser):
+        super().__init__()
+        self.unet, self.norm = unet, norm
+
+    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
+        x = self.norm(bg, fg_bg)
+        if x.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.unet(x)
+        return Outputs(out[:, :1], out[:, 1:2])
+
+
+def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
+    """The forward pass everyone uses: bf16 autocast on CUDA, float32 outputs. `net` is a
+    MaskDepthNet or a wrapper of one (DDP, torch.compile)."""
+    with torch.autocast(bg.device.type, dtype=torch.bfloat16, enabled=bg.device.type == "cuda"):
+        out = net(bg, fg_bg)
+    return Outputs(out.mask_logits.float(), out.depth.float())
+
+
+# ---------------------------------------------------------------- model.pt
+
+
+@dataclass
+class LoadedModel:
+    net: MaskDepthNet  # eval mode, on the requested device
+    params: TrainParams
+    input_size: int  # the side it was trained at
+    epoch: int
+
+
+def model_file(net: MaskDepthNet, params: TrainParams, epoch: int, input_size: int) -> dict:
+    """What predict/evaluate need: weights, architecture, normalisation, input size. Nothing
+    run-specific (no run id, time or path): the same training gives the same bytes, so DVC
+    and `dvc exp show` see the same model."""
+    return {
+        "input_size": int(input_size),
+        "model": {k: v.detach().cpu() for k, v in net.unet.state_dict().items()},
+        "train_params": params.model_dump(mode="json", exclude={"mlflow", "device"}),
+        "normaliser": net.norm.as_dict(),
+        "epoch": epoch,
+    }
+
+
+def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, input_size: int) -> None:
+    buf = io.BytesIO()
+    torch.save(model_file(net, params, epoch, input_size), buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_model(path: Path, device: torch.device) -> LoadedModel:
+    """model.pt → the network in eval mode on `device`, with its params and input size."""
+    data = torch.load(Path(path), map_location="cpu", weights_only=False)
+    params = TrainParams.model_validate(data["train_params"])
+    unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
+    unet.load_state_dict(data["model"])
+    net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]))
+    return LoadedModel(net.to(device).eval(), params, int(data["input_size"]), int(data["epoch"]))
+
+
+# ---------------------------------------------------------------- deployment
 
 
 class Deployable(torch.nn.Module):
-    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth (B×1×H×W each): the trained
-    network with its normalisation inside, so users feed plain images (ONNX export, MLflow)."""
+    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth (B×1×H×W each): for ONNX."""
 
-    def __init__(self, model: torch.nn.Module, norm: Normaliser):
+    def __init__(self, net: MaskDepthNet):
         super().__init__()
-        self.model = model
-        for name, value in norm.as_dict().items():
-            self.register_buffer(name, torch.tensor(value).view(1, 3, 1, 1))
+        self.net = net
 
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
-        x = torch.cat([(bg - self.bg_mean) / self.bg_std, (fg_bg - self.fg_bg_mean) / self.fg_bg_std], 1)
-        out = self.model(x)
-        return torch.sigmoid(out[:, :1]), out[:, 1:2]
+        out = self.net(bg, fg_bg)
+        return torch.sigmoid(out.mask_logits), out.depth
 
 
 class PackedDeployable(torch.nn.Module):
     """One array in, one out, for MLflow's pyfunc: bg ⊕ fg_bg (B×6×H×W on [0, 1], H and W
     multiples of 32) → mask probability ⊕ depth (B×2×H×W)."""
 
-    def __init__(self, deployable: Deployable):
+    def __init__(self, net: MaskDepthNet):
         super().__init__()
-        self.deployable = deployable
+        self.deployable = Deployable(net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.deployable(x[:, :3], x[:, 3:]), 1)

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from fgbg.config import resolve_device
+from fgbg.convention import unit_to_u16
 from fgbg.images import IMAGE_SUFFIXES, atomic_write_bytes, depth_to_colour, encode_png, load_raw_image
-from fgbg.train import forward, load_model
+from fgbg.model import LoadedModel, infer, load_model
 
 _LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
 
@@ -37,13 +38,28 @@ def network_size(h: int, w: int, size: int) -> tuple[int, int]:
     return tuple(max(32, round(side * scale / 32) * 32) for side in (h, w))
 
 
-@torch.inference_mode()
-def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto") -> list[Path]:
-    """Predict each pair at the model's input scale (aspect ratio kept); outputs are resized back
-    to the photo's size."""
+def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask uint8 {0, 255}, depth uint16) at fg_bg's size, predicted at the model's input scale
+    with the photo's aspect ratio kept."""
+    dev = next(loaded.net.parameters()).device
+    h, w = fg_bg_img.shape[:2]
+    net_hw = network_size(h, w, loaded.input_size)
+
+    def tensor(img):
+        t = torch.from_numpy(np.ascontiguousarray(img)).to(dev).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
+
+    with torch.inference_mode():
+        out = infer(loaded.net, tensor(bg_img), tensor(fg_bg_img))
+        prob = F.interpolate(torch.sigmoid(out.mask_logits), size=(h, w), mode="bilinear", align_corners=False)
+        depth = F.interpolate(out.depth, size=(h, w), mode="bilinear", align_corners=False)
+        return ((prob[0, 0] >= 0.5).byte() * 255).cpu().numpy(), unit_to_u16(depth[0, 0])
+
+
+def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", log=print) -> list[Path]:
+    """Predict each pair; outputs (mask, 16-bit depth, colour depth, overlay) at the photo's size."""
     dev = resolve_device(device)
-    model, norm, _, saved = load_model(Path(model_path), dev)
-    size = int(saved["input_size"])
+    loaded = load_model(Path(model_path), dev)
     written = []
     for bg_path, fg_bg_path in pairs(bg, fg_bg):
         bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
@@ -52,20 +68,9 @@ def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: 
         bh, bw = bg_img.shape[:2]
         if abs(bh * w - h * bw) > 0.02 * h * bw:
             raise ValueError(f"{bg_path} is {bw}x{bh}, {fg_bg_path} is {w}x{h}: a bg and its fg_bg show the same view")
-        net_hw = network_size(h, w, size)
-
-        def tensor(img, hw=net_hw):
-            t = torch.from_numpy(np.array(img)).to(dev).permute(2, 0, 1)[None].float() / 255
-            return F.interpolate(t, size=hw, mode="bilinear", antialias=True, align_corners=False)
-
-        from fgbg.data import Batch
-
-        batch = Batch(tensor(bg_img), tensor(fg_bg_img), None, None)
-        mask_logits, depth = forward(model, norm, batch, dev)
-        prob = F.interpolate(torch.sigmoid(mask_logits), size=(h, w), mode="bilinear", align_corners=False)
-        depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
-        mask = ((prob[0, 0] >= 0.5).byte() * 255).cpu().numpy()
-        depth16 = (depth[0, 0].clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+        if (bh, bw) != (h, w):
+            bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
+        mask, depth16 = predict_pair(loaded, bg_img, fg_bg_img)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
         overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from fgbg.config import PrepareParams
+from fgbg.convention import metric_to_inverse_u16
 from fgbg.images import (
     IMAGE_SUFFIXES,
     MASK_THRESHOLD,
@@ -30,12 +31,10 @@ from fgbg.images import (
     first_line,
     load_raw_image,
     mask_from_alpha,
-    metric_to_inverse_u16,
     resize_cover_crop,
     resize_rgba,
 )
-
-REPORT = "report.json"
+from fgbg.prepared import REPORT
 
 
 class PrepareFailed(RuntimeError):
@@ -224,11 +223,3 @@ def run_prepare(params: PrepareParams, out_dir: Path, log=print) -> dict:
     if not report["bg"] or not report["fg"]:
         raise PrepareFailed(f"no usable {'bg' if not report['bg'] else 'fg'} images; see {out_dir / REPORT}")
     return report
-
-
-def load_report(prepared_dir: Path) -> dict:
-    path = Path(prepared_dir) / REPORT
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; run `fgbg prepare` first") from None

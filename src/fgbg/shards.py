@@ -20,9 +20,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fgbg.images import atomic_write_bytes, open_temp_beside, remove_stale_temps
+from fgbg.images import atomic_write_bytes, contact_sheet, encode_png, open_temp_beside, remove_stale_temps
 
 MANIFEST = "shards.json"
+PREVIEW = "preview.png"
 JOURNAL = ".journal.jsonl"
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -187,21 +188,34 @@ class ShardJournal:
         return {name: self.done[name] for name in sorted(self.done)}
 
 
+Filler = Callable[[ShardWriter, Any], None]
+_worker_filler: Filler | None = None  # this worker process's filler, made once by _start_worker
+
+
+def _start_worker(make_filler: Callable[[], Filler]) -> None:
+    global _worker_filler
+    _worker_filler = make_filler()
+
+
+def _build_in_worker(out_dir: Path, task: ShardTask) -> ShardRecord:
+    return _build_one(out_dir, task, _worker_filler)
+
+
 def build_shards(
     out_dir: Path,
     tasks: Sequence[ShardTask],
-    fill: Callable[[ShardWriter, Any], None],
+    make_filler: Callable[[], Filler],
     *,
     fingerprint: str,
     jobs: int,
-    init: Callable[..., None] | None = None,
-    init_args: tuple = (),
     desc: str = "shards",
     keep: Sequence[str] = (),
 ) -> dict[str, ShardRecord]:
     """Build every task's shard in `out_dir` with `jobs` processes; reuse verified ones.
 
-    `fill(writer, payload)` writes one shard's samples. A killed run resumes where it stopped
+    `make_filler()` runs once per worker process (e.g. a class holding the prepared images,
+    its inputs given explicitly as constructor arguments); the filler it returns writes one
+    shard's samples with `filler(writer, task.payload)`. A killed run resumes where it stopped
     and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`.
     """
     journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep)
@@ -210,15 +224,14 @@ def build_shards(
     bar = tqdm(total=len(tasks), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True)
     try:
         if jobs <= 1 or len(todo) <= 1:
-            if init:
-                init(*init_args)
+            fill = make_filler() if todo else None
             for t in todo:
                 journal.record(t.name, _build_one(journal.out_dir, t, fill))
                 bar.update(1)
         else:
-            ctx = get_context("fork")
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=init, initargs=init_args) as ex:
-                futures = {ex.submit(_build_one, journal.out_dir, t, fill): t.name for t in todo}
+            ctx = get_context("fork")  # workers inherit make_filler's inputs without pickling
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_start_worker, initargs=(make_filler,)) as ex:
+                futures = {ex.submit(_build_in_worker, journal.out_dir, t): t.name for t in todo}
                 for fut in as_completed(futures):
                     journal.record(futures[fut], fut.result())
                     bar.update(1)
@@ -228,7 +241,7 @@ def build_shards(
     return records
 
 
-def _build_one(out_dir: Path, task: ShardTask, fill: Callable[[ShardWriter, Any], None]):
+def _build_one(out_dir: Path, task: ShardTask, fill: Filler) -> ShardRecord:
     writer = ShardWriter(out_dir / task.name)
     try:
         fill(writer, task.payload)
@@ -285,3 +298,24 @@ def folder_fingerprint(folder: Path) -> str:
             h.update(f.relative_to(folder).as_posix().encode() + b"\0")
             h.update(file_sha256(f).encode())
     return h.hexdigest()[:16]
+
+
+def preview_samples(out_dir: Path, shard_names: list[str], n: int) -> list[tuple[str, str, dict[str, bytes]]]:
+    """(shard, key, files) for n samples spread over the shards, so every split is shown."""
+    per_shard = max(1, -(-n // max(len(shard_names), 1)))
+    picked = []
+    for name in shard_names:
+        for i, (key, files) in enumerate(iter_shard(Path(out_dir) / name)):
+            if i >= per_shard or len(picked) >= n:
+                break
+            picked.append((name, key, files))
+    return picked
+
+
+def finish_stage(out_dir: Path, fingerprint: str, records: dict[str, ShardRecord], preview_rows: list) -> dict:
+    """The end every shard stage shares: preview.png (rows of same-size images, read back from
+    the shards as stored), then shards.json, which marks the output finished."""
+    if preview_rows:
+        atomic_write_bytes(Path(out_dir) / PREVIEW, encode_png(contact_sheet(preview_rows), 6))
+    write_manifest(out_dir, fingerprint, records)
+    return read_manifest(out_dir)

@@ -18,9 +18,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fgbg.compose import PreparedSet, iter_index
 from fgbg.config import StatsParams, resolve_jobs
-from fgbg.images import DEPTH_CONVENTION_SHORT, atomic_write_bytes, decode
+from fgbg.convention import DEPTH_CONVENTION_SHORT
+from fgbg.images import atomic_write_bytes, decode
+from fgbg.prepared import PreparedSet, iter_index
 from fgbg.shards import iter_shard, read_manifest
 
 RGB = ("r", "g", "b")

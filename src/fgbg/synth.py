@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 
 from fgbg.config import SynthParams
-from fgbg.images import atomic_write_bytes, encode_png, metric_to_inverse_u16
+from fgbg.convention import metric_to_inverse_u16
+from fgbg.images import atomic_write_bytes, encode_png
 
 SUPERSAMPLE = 2
 SCENES = ("street", "river", "hills")

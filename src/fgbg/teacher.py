@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from fgbg.config import resolve_device
-from fgbg.images import DEPTH_FAR_M, DEPTH_NEAR_M, first_line
+from fgbg.convention import metres_to_inverse, unit_to_u16
+from fgbg.images import first_line
 
 # Model families whose `predicted_depth` is metric depth (bigger = farther); the rest (DPT,
 # Depth Anything relative, ...) predict relative inverse depth (bigger = nearer).
@@ -93,14 +94,10 @@ def to_inverse_u16(maps: torch.Tensor, metric: bool) -> np.ndarray:
     """
     maps = maps.float()
     if metric:
-        lo, hi = 1.0 / DEPTH_FAR_M, 1.0 / DEPTH_NEAR_M
-        scaled = (1.0 / maps.clamp(DEPTH_NEAR_M, DEPTH_FAR_M) - lo) / (hi - lo)
-    else:
-        lo = maps.amin(dim=(-2, -1), keepdim=True)
-        hi = maps.amax(dim=(-2, -1), keepdim=True)
-        scaled = (maps - lo) / (hi - lo).clamp_min(1e-12)
-    u16 = (scaled.clamp(0, 1) * 65535).round().to(torch.int32)
-    return u16.cpu().numpy().astype(np.uint16)
+        return unit_to_u16(metres_to_inverse(maps))
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    hi = maps.amax(dim=(-2, -1), keepdim=True)
+    return unit_to_u16((maps - lo) / (hi - lo).clamp_min(1e-12))
 
 
 # Depth Anything shapes for tests and benchmarks: "small" is Depth-Anything-V2-Small's architecture

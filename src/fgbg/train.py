@@ -10,7 +10,6 @@ import io
 import json
 import math
 import random
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,12 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fgbg.augment import CaptureAugment
 from fgbg.config import TrainParams, resolve_device
-from fgbg.data import Batch, Normaliser, ShardSamples, bg_table, make_loader, to_device
-from fgbg.images import atomic_write_bytes, contact_sheet
+from fgbg.data import ShardSamples, bg_table, make_loader, to_device
+from fgbg.evaluate import evaluate_split
+from fgbg.images import atomic_write_bytes
 from fgbg.losses import total_loss
-from fgbg.metrics import depth_metrics, mask_metrics
-from fgbg.model import Deployable, PackedDeployable, build_model, split_outputs
+from fgbg.model import MaskDepthNet, Normaliser, build_model, infer, save_model
+from fgbg.tracking import TrainRun
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_delta1", "val_absrel", "lr"]
@@ -50,120 +51,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: str(v)})
-    return out
-
-
-def forward(model, norm: Normaliser, batch: Batch, device: torch.device):
-    x = norm.inputs(batch.bg, batch.fg_bg)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = model(x)
-    return split_outputs(out.float())
-
-
-def prediction_sheet(batch: Batch, mask_logits: torch.Tensor, depth: torch.Tensor, n: int) -> np.ndarray:
-    """bg | fg_bg | mask gt | mask pred | depth gt | depth pred for the first n samples."""
-
-    def img(t):
-        return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-    def dep(t):
-        return (t[0].clamp(0, 1) * 65535).round().to(torch.int32).cpu().numpy().astype(np.uint16)
-
-    rows = []
-    for i in range(min(n, batch.bg.shape[0])):
-        pred_mask = (mask_logits[i] > 0).float()
-        rows.append([img(batch.bg[i]), img(batch.fg_bg[i]), img(batch.mask[i])[..., 0],
-                     img(pred_mask)[..., 0], dep(batch.depth[i]), dep(depth[i])])  # fmt: skip
-    return contact_sheet(rows)
-
-
-class MlflowRun:
-    """The run's MLflow calls in one place: params, tags, metrics, images, the model."""
-
-    def __init__(self, params: TrainParams, all_params: dict, run_id: str | None, tags: dict):
-        import os
-
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline machines: no phoning home
-        os.environ.setdefault("DO_NOT_TRACK", "true")
-        import mlflow
-
-        self.mlflow = mlflow
-        uri = params.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(params.mlflow.experiment)
-        experiment = os.environ.get("DVC_EXP_NAME")  # set by `dvc exp run`: lines MLflow up with `dvc exp show`
-        if experiment:
-            tags = {**tags, "dvc_exp_name": experiment}
-        self.run = mlflow.start_run(run_id=run_id, run_name=experiment if run_id is None else None)
-        if run_id is None:
-            mlflow.log_params(flatten(all_params))
-            mlflow.set_tags(tags)
-        self.run_id = self.run.info.run_id
-
-    def epoch(self, row: dict, sheet: np.ndarray) -> None:
-        epoch = int(row["epoch"])
-        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
-        self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
-
-    def finish(self, best_model_file: Path, checkpoint: Path, registered: str | None) -> None:
-        """Log the checkpoint and register the best weights (those in model.pt, not the last
-        epoch's) with their normalisation: bg ⊕ fg_bg on [0, 1] in, mask prob ⊕ depth out."""
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
-        self.mlflow.log_artifact(str(checkpoint), "checkpoint")
-        model, norm, _, saved = load_model(best_model_file, torch.device("cpu"))
-        packed = PackedDeployable(Deployable(model, norm)).eval()
-        size = int(saved["input_size"])
-        f32 = np.dtype(np.float32)
-        signature = ModelSignature(  # any batch and any H, W (multiples of 32)
-            inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
-            outputs=Schema([TensorSpec(f32, (-1, 2, -1, -1))]),
-        )
-        self.mlflow.pytorch.log_model(
-            packed,
-            name="model",
-            signature=signature,
-            # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
-            input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
-            registered_model_name=registered,
-        )
-        self.mlflow.end_run()
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
-    """The md5 of each data output in dvc.lock: which data this run trained on."""
-    import yaml
-
-    if not lock.exists():
-        return {}
-    tags = {}
-    for stage, spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).items():
-        for out in spec.get("outs", []):
-            tags[f"dvc.{stage}.{out['path']}"] = out.get("md5", "")
-    return tags
-
-
 def run_train(
     params: TrainParams,
     all_params: dict,
@@ -186,7 +73,7 @@ def run_train(
     rank, world, device = init_distributed(params.device)
     lead = rank == 0
     seed_everything(params.seed)
-    model = build_model(params).to(device)  # first: a bad encoder fails before any data is read
+    unet = build_model(params)  # first: a bad encoder fails before any data is read
     train_set = ShardSamples(composites_dir, depth_dir, "train", shuffle=True, seed=params.seed, rank=rank, world=world)
     val_set = ShardSamples(composites_dir, depth_dir, "val", shuffle=False)
     if not train_set.names or not val_set.names:
@@ -194,9 +81,10 @@ def run_train(
     if len(train_set.names) < world:
         raise ValueError(f"{len(train_set.names)} train shards for {world} processes: lower compose.shard_size")
     bgs = bg_table(prepared_dir, device)
-    norm = Normaliser.from_stats(stats_path, device)
+    model = MaskDepthNet(unet, Normaliser.from_stats(stats_path)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    input_size = params.image_size or bgs.shape[-1]
     # full batches only (one shape per step: no recompiles under torch.compile); the loader starts
     # over if a process's workers run out first, so every DDP rank takes the same number of steps
     steps = max(1, len(train_set) // (params.batch_size * world))
@@ -206,6 +94,7 @@ def run_train(
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=params.epochs * steps)
     flip_rng = torch.Generator().manual_seed(params.seed + rank)
+    augment = CaptureAugment(params.augment, params.seed, rank)  # real-capture differences (DESIGN.md §9)
     history: list[dict] = []
     start_epoch, best, stale, run_id = 1, math.inf, 0, None
     ckpt_path = out_dir / CHECKPOINT
@@ -224,6 +113,8 @@ def run_train(
         sched.load_state_dict(ckpt["scheduler"])
         own = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # each rank its own RNGs
         flip_rng.set_state(own["flip"])
+        if "augment" in own:  # checkpoints from before capture augmentation have none
+            augment.set_state(own["augment"])
         set_rng_state(own["global"])
         start_epoch, best, stale = ckpt["epoch"] + 1, ckpt["best"], ckpt["stale"]
         history, run_id = ckpt["history"], ckpt["mlflow_run_id"]
@@ -233,7 +124,7 @@ def run_train(
                 torch.distributed.destroy_process_group()
             return {"history": history, "mlflow_run_id": run_id}
         log(f"resuming after epoch {ckpt['epoch']}")
-    tracker = MlflowRun(params, all_params, run_id, {"git_commit": git_commit(), **dvc_hashes()}) if lead else None
+    tracker = TrainRun(params, all_params, run_id) if lead else None
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -252,9 +143,9 @@ def run_train(
             total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True, disable=not lead
         )
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
-            batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
-            mask_logits, depth = forward(net, norm, batch, device)
-            loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
+            batch = augment(to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None))
+            out = infer(net, batch.bg, batch.fg_bg)
+            loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -265,7 +156,9 @@ def run_train(
             bar.update(1)
         bar.close()
         if lead:
-            val = evaluate_split(model, norm, val_set, bgs, device, params)  # bare: no DDP collectives
+            val = evaluate_split(  # the bare model: no DDP collectives
+                model, val_set, bgs, device, params.batch_size, params.workers, params.image_size, params.loss
+            )
             row = {"epoch": epoch, "train_loss": float(loss_sum) / steps, "val_loss": val["loss"],
                    "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
                    "lr": sched.get_last_lr()[0]}  # fmt: skip
@@ -275,12 +168,10 @@ def run_train(
             tracker.epoch(row, val["sheet"])
             if val["loss"] < best:
                 best, stale = val["loss"], 0
-                save_atomic(
-                    _model_file(model, params, norm, tracker.run_id, epoch, bgs.shape[-1]), out_dir / "model.pt"
-                )
+                save_model(out_dir / "model.pt", model, params, epoch, input_size)
             else:
                 stale += 1
-        rngs = _gather_rng_states(flip_rng, world)  # every rank's, so a DDP resume is exact too
+        rngs = _gather_rng_states(flip_rng, augment, world)  # every rank's, so a DDP resume is exact too
         if lead:
             last_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
@@ -317,14 +208,20 @@ def _batches(dataset: ShardSamples, params: TrainParams, device: torch.device):
             )
 
 
-def _gather_rng_states(flip_rng: torch.Generator, world: int) -> list[dict]:
+def _gather_rng_states(flip_rng: torch.Generator, augment: CaptureAugment, world: int) -> list[dict]:
     """[{global RNGs, flip generator}] of every rank, gathered for rank 0's checkpoint."""
-    mine = {"global": rng_state(), "flip": flip_rng.get_state()}
+    mine = {"global": rng_state(), "flip": flip_rng.get_state(), "augment": augment.get_state()}
     if world == 1:
         return [mine]
     gathered: list = [None] * world
     torch.distributed.all_gather_object(gathered, mine)
     return gathered
+
+
+def save_atomic(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def init_distributed(device_param: str) -> tuple[int, int, torch.device]:
@@ -350,48 +247,3 @@ def _write_history(history: list[dict], path: Path) -> None:
     """Per-epoch curves for `dvc plots`."""
     lines = [",".join(HISTORY_FIELDS)] + [",".join(f"{row[k]:.6g}" for k in HISTORY_FIELDS) for row in history]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def _model_file(model, params: TrainParams, norm: Normaliser, run_id: str, epoch: int, data_size: int) -> dict:
-    """What predict/evaluate need: weights, architecture, normalisation, input size, provenance."""
-    return {
-        "input_size": params.image_size or int(data_size),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "train_params": params.model_dump(),
-        "normaliser": norm.as_dict(),
-        "mlflow_run_id": run_id,
-        "epoch": epoch,
-    }
-
-
-@torch.inference_mode()
-def evaluate_split(model, norm, dataset, bgs, device, params: TrainParams, sheet_samples: int = 6) -> dict:
-    """Mean loss and metrics over a split; the first batch's predictions as a contact sheet."""
-    model.eval()
-    sums: dict[str, float] = {}
-    n, sheet = 0, None
-    for raw in make_loader(dataset, params.batch_size, params.workers, device):
-        batch = to_device(raw, bgs, device, params.image_size)
-        mask_logits, depth = forward(model, norm, batch, device)
-        loss, _ = total_loss(mask_logits, depth, batch.mask, batch.depth, params.loss)
-        b = batch.bg.shape[0]
-        per = {**mask_metrics((mask_logits > 0).float(), batch.mask), **depth_metrics(depth, batch.depth)}
-        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
-        for k, v in per.items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-        n += b
-        if sheet is None:
-            sheet = prediction_sheet(batch, mask_logits, depth, sheet_samples)
-    model.train()
-    return {**{k: v / max(n, 1) for k, v in sums.items()}, "sheet": sheet}
-
-
-def load_model(path: Path, device: torch.device):
-    """model.pt → (eval-mode model on device, Normaliser, train params dict, file contents)."""
-    from fgbg.config import TrainParams
-
-    data = torch.load(path, map_location="cpu", weights_only=False)
-    params = TrainParams.model_validate(data["train_params"])
-    model = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
-    model.load_state_dict(data["model"])
-    return model.to(device).eval(), Normaliser.from_dict(data["normaliser"], device), params, data

@@ -1,0 +1,251 @@
+"""Capture augmentation: make training pairs differ the way a real empty plate and a real shot differ.
+
+Composites share every pixel of the bg outside the object, so a model trained on them calls any
+difference "object": a 1 px camera shift, an exposure change, a shadow (DESIGN.md §9). This module
+perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
+
+- shadow (fg_bg): the object's mask, squashed/sheared about its bottom and offset, blurred, darkens
+  the scene outside the object; mask and depth stay (a shadow is not the object);
+- misalign (bg): sub-pixel affine — translation, rotation, zoom; fg_bg, mask and depth stay, as
+  they describe fg_bg's scene;
+- photometric, blur, noise: on each shot independently, in the order a camera applies them.
+
+Every random number comes from one CPU generator seeded from (seed, rank), as small per-sample
+parameter tensors sent to the device in one copy, so the parameters are the same on any device and
+`get_state`/`set_state` resume exactly. The one exception is the noise field itself (B×3×H×W: too
+big to draw on the CPU each step): it is drawn on the device from a seed the CPU generator gives, so
+it is reproducible per device type but a CUDA run's noise pattern differs from a CPU run's.
+Samples an augmentation does not pick are copied bit-exact (the work runs on the picked ones only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fgbg.config import AugmentParams
+from fgbg.data import Batch
+
+_STREAM = 0xA06  # keeps this stream apart from the flip generator's (seed + rank)
+BG, FG_BG = 0, 1  # shot index in the 2×B draws
+Params = Callable[[str, torch.Tensor], torch.Tensor]  # (name, picked indices) → their columns, on the device
+
+
+@dataclass(frozen=True)
+class Draws:
+    """One batch's random parameters, on the CPU. B = batch size; 2×B tensors hold (bg, fg_bg).
+    Booleans say which samples an augmentation picks; fractions are of the image side."""
+
+    misalign: torch.Tensor  # B bool
+    shift: torch.Tensor  # B×2 (dx, dy), fraction of the side; > 0 moves bg content right / down
+    angle: torch.Tensor  # B degrees
+    zoom: torch.Tensor  # B
+    photometric: torch.Tensor  # 2×B bool
+    gain: torch.Tensor  # 2×B
+    gamma: torch.Tensor  # 2×B
+    white_balance: torch.Tensor  # 2×B×3
+    offset: torch.Tensor  # 2×B
+    blur: torch.Tensor  # 2×B bool
+    blur_sigma: torch.Tensor  # 2×B px
+    noise: torch.Tensor  # 2×B bool
+    noise_sigma: torch.Tensor  # 2×B
+    noise_seed: torch.Tensor  # 2 int64: the device generator's seed per shot
+    shadow: torch.Tensor  # B bool
+    shadow_strength: torch.Tensor  # B
+    shadow_offset: torch.Tensor  # B×2 (dx, dy), fraction of the side
+    shadow_squash: torch.Tensor  # B
+    shadow_shear: torch.Tensor  # B horizontal px per px of height
+    shadow_blur: torch.Tensor  # B σ, fraction of the side
+
+
+class CaptureAugment:
+    """`aug(batch) -> Batch`: a new batch whose bg and fg_bg differ like two real captures; mask and
+    depth are the input's own tensors. Inputs are never modified in place."""
+
+    def __init__(self, params: AugmentParams, seed: int, rank: int = 0):
+        self.params = params
+        start = np.random.SeedSequence([seed % 2**64, rank, _STREAM]).generate_state(1, np.uint64)[0]
+        self._gen = torch.Generator().manual_seed(int(start))
+        self._noise_gens: dict[torch.device, torch.Generator] = {}
+
+    def get_state(self) -> torch.Tensor:
+        """The generator's state (a CPU ByteTensor) for the checkpoint: the whole of this object's state."""
+        return self._gen.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self._gen.set_state(state)
+
+    def __call__(self, batch: Batch) -> Batch:
+        if not self.params.enabled:
+            return batch
+        return self.apply(batch, self.draw(batch.bg.shape[0]))
+
+    def draw(self, b: int) -> Draws:
+        """The random parameters of the next batch of `b` samples (a fixed number of draws per sample,
+        whatever the probabilities, so a params change does not shift later batches' streams)."""
+        p, g = self.params, self._gen
+
+        def unit(*shape: int) -> torch.Tensor:
+            return torch.rand(shape, generator=g)
+
+        def sym(m: float, *shape: int) -> torch.Tensor:  # uniform in [-m, m]
+            return (2 * unit(*shape) - 1) * m
+
+        def log_sym(m: float, *shape: int) -> torch.Tensor:  # factor in [1/(1+m), 1+m], log-uniform
+            return torch.exp(sym(math.log1p(m), *shape))
+
+        def between(r: tuple[float, float], *shape: int) -> torch.Tensor:
+            return r[0] + (r[1] - r[0]) * unit(*shape)
+
+        m, ph, bl, no, sh = p.misalign, p.photometric, p.blur, p.noise, p.shadow
+        misalign = unit(b) < m.p
+        shift, angle, zoom = sym(m.translate, b, 2), sym(m.rotate, b), 1 + sym(m.scale, b)
+        photometric = unit(2, b) < torch.tensor([[ph.p_bg], [ph.p_fg_bg]])
+        gain, gamma = log_sym(ph.gain, 2, b), log_sym(ph.gamma, 2, b)
+        wb = log_sym(ph.white_balance, 2, b, 3)
+        wb = wb / wb.log().mean(-1, keepdim=True).exp()  # a colour cast only: exposure is `gain`'s
+        offset = sym(ph.offset, 2, b)
+        blur, blur_sigma = unit(2, b) < bl.p, between(bl.sigma, 2, b)
+        noise, noise_sigma = unit(2, b) < no.p, between(no.sigma, 2, b)
+        noise_seed = torch.randint(0, 2**62, (2,), generator=g)
+        shadow, strength = unit(b) < sh.p, between(sh.strength, b)
+        shadow_offset, squash, shear = sym(sh.offset, b, 2), between(sh.squash, b), sym(sh.shear, b)
+        shadow_blur = between(sh.blur, b)
+        return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
+                     noise_sigma, noise_seed, shadow, strength, shadow_offset, squash, shear, shadow_blur)  # fmt: skip
+
+    def apply(self, batch: Batch, d: Draws) -> Batch:
+        """`batch` perturbed by the draws `d`: shadow → misalign → photometric → blur → noise, clamped."""
+        bg, fg_bg = batch.bg, batch.fg_bg
+        dev, (h, w) = bg.device, bg.shape[-2:]
+        table, cols = _columns(
+            shift=d.shift, angle=d.angle, zoom=d.zoom, gain=d.gain.T, gamma=d.gamma.T,
+            wb_bg=d.white_balance[BG], wb_fg_bg=d.white_balance[FG_BG], offset=d.offset.T,
+            blur_sigma=d.blur_sigma.T, noise_sigma=d.noise_sigma.T, strength=d.shadow_strength,
+            shadow_offset=d.shadow_offset, squash=d.shadow_squash, shear=d.shadow_shear, shadow_blur=d.shadow_blur,
+        )  # fmt: skip
+        picks = {"shadow": d.shadow, "misalign": d.misalign}
+        for name, coins in (("photometric", d.photometric), ("blur", d.blur), ("noise", d.noise)):
+            picks.update({f"{name}{s}": coins[s] for s in (BG, FG_BG)})
+        picks = {k: v.nonzero().flatten() for k, v in picks.items()}
+        picks = {k: v for k, v in picks.items() if len(v)}
+        if not picks:
+            return Batch(bg, fg_bg, batch.mask, batch.depth)
+        sent = _send([table, *picks.values()], dev)  # one host→device copy per batch
+        table, idx = sent[0], {k: v.long() for k, v in zip(picks, sent[1:], strict=True)}
+        shots = [bg, fg_bg]
+
+        def par(name: str, i: torch.Tensor) -> torch.Tensor:
+            return table[i][:, cols[name]]
+
+        if "shadow" in idx:
+            i = idx["shadow"]
+            shots[FG_BG] = fg_bg.index_copy(0, i, self._shadow(fg_bg[i], batch.mask[i], par, i))
+        if "misalign" in idx:
+            i = idx["misalign"]
+            shots[BG] = bg.index_copy(0, i, self._misalign(bg[i], par, i))
+        for s in (BG, FG_BG):
+            if f"photometric{s}" in idx:
+                i = idx[f"photometric{s}"]
+                out = _photometric(shots[s][i], par("gain", i)[:, s], par("gamma", i)[:, s],
+                                   par(("wb_bg", "wb_fg_bg")[s], i), par("offset", i)[:, s])  # fmt: skip
+                shots[s] = shots[s].index_copy(0, i, out)
+            if f"blur{s}" in idx:
+                i = idx[f"blur{s}"]
+                radius = math.ceil(3 * self.params.blur.sigma[1])
+                out = gaussian_blur(shots[s][i], par("blur_sigma", i)[:, s], radius, "replicate")
+                shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
+            if f"noise{s}" in idx:
+                i = idx[f"noise{s}"]
+                gen = self._noise_gen(dev).manual_seed(int(d.noise_seed[s]))
+                field = torch.randn((len(i), 3, h, w), generator=gen, device=dev, dtype=bg.dtype)
+                out = shots[s][i] + par("noise_sigma", i)[:, s].view(-1, 1, 1, 1) * field
+                shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
+        return Batch(shots[BG], shots[FG_BG], batch.mask, batch.depth)
+
+    def _misalign(self, bg: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
+        """The bg resampled as a slightly moved camera saw it (sub-pixel, bilinear)."""
+        n, _, h, w = bg.shape
+        shift = par("shift", i) * 2  # fraction of the side → normalised units (the side spans 2)
+        a, z = torch.deg2rad(par("angle", i)[:, 0]), par("zoom", i)[:, 0]
+        cos, sin = torch.cos(a) / z, torch.sin(a) / z
+        # output → source: M = D⁻¹ R(−a)/z D with D = diag(w, h)/2 (rotation in pixels, not in the
+        # normalised square), then the translation undone: source = M (out − shift)
+        m = torch.stack([torch.stack([cos, sin * h / w], -1), torch.stack([-sin * w / h, cos], -1)], 1)
+        theta = torch.cat([m, -(m @ shift.unsqueeze(-1))], 2)
+        grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
+        return F.grid_sample(bg, grid, "bilinear", self.params.misalign.padding, align_corners=False)
+
+    def _shadow(self, fg_bg: torch.Tensor, mask: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
+        """fg_bg darkened by the object's soft shadow, outside the object only (factor in [1 − strength, 1])."""
+        n, _, h, w = fg_bg.shape
+        rows = mask.amax(3).flatten(1)  # n×h: rows the object touches
+        bottom = (rows * torch.arange(1, h + 1, device=mask.device, dtype=mask.dtype)).amax(1)  # its lower edge, px
+        y_b = 2 * bottom / h - 1  # normalised (an empty mask gives no shadow whatever y_b is)
+        dx, dy = (par("shadow_offset", i) * 2).unbind(1)
+        s, k = par("squash", i)[:, 0], par("shear", i)[:, 0] * h / w
+        # a shadow pixel at height h' = y_b + dy − y above the (offset) ground line shows the object's
+        # point at height h'/s, shifted sideways by shear·h': source = (x − dx − k·h', y_b − h'/s)
+        zero, one = torch.zeros_like(s), torch.ones_like(s)
+        row_x = torch.stack([one, k, -dx - k * (y_b + dy)], -1)
+        row_y = torch.stack([zero, 1 / s, y_b * (1 - 1 / s) - dy / s], -1)
+        theta = torch.stack([row_x, row_y], 1)
+        grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+        shade = F.grid_sample(mask, grid, "bilinear", "zeros", align_corners=False)
+        radius = math.ceil(3 * self.params.shadow.blur[1] * h)
+        shade = gaussian_blur(shade, par("shadow_blur", i)[:, 0] * h, radius, "constant")
+        factor = (1 - par("strength", i).view(-1, 1, 1, 1) * shade * (1 - mask)).clamp(0, 1)
+        return fg_bg * factor
+
+    def _noise_gen(self, device: torch.device) -> torch.Generator:
+        if device not in self._noise_gens:
+            self._noise_gens[device] = torch.Generator(device=device)
+        return self._noise_gens[device]
+
+
+def _photometric(
+    x: torch.Tensor, gain: torch.Tensor, gamma: torch.Tensor, wb: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
+    """Exposure × white balance, tone curve, black level: what drifts between two shots."""
+    x = (x * (gain.view(-1, 1) * wb).view(-1, 3, 1, 1)).clamp(0, 1).pow(gamma.view(-1, 1, 1, 1))
+    return (x + offset.view(-1, 1, 1, 1)).clamp(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int, pad: str) -> torch.Tensor:
+    """Separable Gaussian blur of N×C×H×W with a σ (px) per sample: one grouped conv per axis.
+    `pad` is F.pad's mode ("replicate" for photos, "constant" (zeros) for shadows)."""
+    if radius <= 0:
+        return x
+    n, c, h, w = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma.to(x.dtype).clamp_min(1e-3).view(-1, 1)) ** 2)  # σ → 0: a delta
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n·c)×K
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode=pad), k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode=pad), k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def _columns(**parts: torch.Tensor) -> tuple[torch.Tensor, dict[str, slice]]:
+    """Per-sample parameters as one B×K table (one copy to the device) and each one's columns."""
+    cols, at, flat = {}, 0, []
+    for name, t in parts.items():
+        t = t.reshape(t.shape[0], -1).float()
+        cols[name] = slice(at, at + t.shape[1])
+        at += t.shape[1]
+        flat.append(t)
+    return torch.cat(flat, 1), cols
+
+
+def _send(parts: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """CPU tensors → the device in one copy (pinned on CUDA, so it does not wait for the GPU)."""
+    flat = torch.cat([p.reshape(-1).float() for p in parts])  # indices < 2²⁴ stay exact in float32
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    return [f.view(p.shape) for f, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)]

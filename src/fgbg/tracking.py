@@ -1,0 +1,145 @@
+"""MLflow in one place: tracking URI, experiment, run names, params, tags, metrics, images, the
+registered model, and evaluate's results logged into the training run. Telemetry is off here,
+before mlflow is imported, for every caller (offline machines: no phoning home)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fgbg.config import MlflowParams, TrainParams
+from fgbg.model import PackedDeployable, load_model
+from fgbg.shards import file_sha256
+
+MODEL_SHA_TAG = "model_sha256"  # links model.pt (a DVC out, with no run id inside) to its run
+
+
+def quiet_telemetry() -> None:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+def _mlflow(params: MlflowParams):
+    """mlflow, pointed at the params' tracking URI, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
+    quiet_telemetry()
+    import mlflow
+
+    mlflow.set_tracking_uri(params.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db")
+    return mlflow
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: str(v)})
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
+    """The md5 of each data output in dvc.lock: which data this run trained on."""
+    import yaml
+
+    if not lock.exists():
+        return {}
+    tags = {}
+    for stage, spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).items():
+        for out in spec.get("outs", []):
+            tags[f"dvc.{stage}.{out['path']}"] = out.get("md5", "")
+    return tags
+
+
+def run_name(params: TrainParams, commit: str) -> str:
+    """The DVC experiment's name under `dvc exp run`, else what tells runs apart at a glance:
+    `resnet18-96px-3x40-1a2b3c4`."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        return experiment
+    steps = params.steps_per_epoch or "all"
+    size = f"{params.image_size}px" if params.image_size else "full"
+    return f"{params.encoder}-{size}-{params.epochs}x{steps}" + (f"-{commit[:7]}" if commit else "")
+
+
+class TrainRun:
+    """A training run: started (or resumed by id), per-epoch metrics and sheets, then the
+    checkpoint and the registered model."""
+
+    def __init__(self, params: TrainParams, all_params: dict, run_id: str | None):
+        self.mlflow = _mlflow(params.mlflow)
+        self.mlflow.set_experiment(params.mlflow.experiment)
+        commit = git_commit()
+        self.run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name(params, commit))
+        if run_id is None:
+            tags = {"git_commit": commit, **dvc_hashes()}
+            if os.environ.get("DVC_EXP_NAME"):  # lines MLflow up with `dvc exp show`
+                tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+            self.mlflow.log_params(flatten(all_params))
+            self.mlflow.set_tags(tags)
+        self.run_id = self.run.info.run_id
+
+    def epoch(self, row: dict, sheet: np.ndarray) -> None:
+        epoch = int(row["epoch"])
+        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
+        self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
+
+    def finish(self, model_path: Path, checkpoint: Path, registered: str | None) -> None:
+        """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
+        and register model.pt's best weights with their normalisation: bg ⊕ fg_bg on [0, 1] in,
+        mask prob ⊕ depth out, any batch and H, W (multiples of 32)."""
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        self.mlflow.log_artifact(str(checkpoint), "checkpoint")
+        self.mlflow.set_tag(MODEL_SHA_TAG, file_sha256(model_path))
+        loaded = load_model(model_path, torch.device("cpu"))
+        size = loaded.input_size
+        f32 = np.dtype(np.float32)
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
+            outputs=Schema([TensorSpec(f32, (-1, 2, -1, -1))]),
+        )
+        self.mlflow.pytorch.log_model(
+            PackedDeployable(loaded.net).eval(),
+            name="model",
+            signature=signature,
+            # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
+            input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
+            registered_model_name=registered,
+        )
+        self.mlflow.end_run()
+
+
+def log_evaluation(
+    params: MlflowParams, model_path: Path, metrics: dict, artifacts: list[Path], metric_prefix: str, artifact_dir: str
+) -> str:
+    """Log test metrics and pictures into the run that trained `model_path` (found by the
+    model's sha256), so MLflow shows one story per model. Returns the run id, "" if none."""
+    mlflow = _mlflow(params)
+    experiment = mlflow.get_experiment_by_name(params.experiment)
+    if experiment is None:
+        return ""
+    runs = mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{MODEL_SHA_TAG} = '{file_sha256(model_path)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return ""
+    with mlflow.start_run(run_id=runs[0].info.run_id):
+        mlflow.log_metrics({f"{metric_prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        for path in artifacts:
+            mlflow.log_artifact(str(path), artifact_dir)
+    return runs[0].info.run_id

@@ -1,0 +1,227 @@
+"""Capture augmentation: bg/fg_bg made to differ like real shots, never the labels; reproducible from
+the seed and resumable from its state."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fgbg.augment import CaptureAugment
+from fgbg.config import AugmentParams, ConfigError, load_params
+from fgbg.data import Batch
+
+OFF = {"misalign": {"p": 0}, "photometric": {"p_bg": 0, "p_fg_bg": 0}, "blur": {"p": 0}, "noise": {"p": 0},
+       "shadow": {"p": 0}}  # fmt: skip
+
+
+def only(**sections: dict) -> AugmentParams:
+    """Every augmentation off but the ones given (with their overrides)."""
+    return AugmentParams.model_validate({**OFF, **sections})
+
+
+def scene(b: int = 6, h: int = 48, w: int = 64, seed: int = 0) -> Batch:
+    """Textured bg; fg_bg = bg with a box object pasted in a different texture; depth in (0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    bg = torch.rand(b, 3, h, w, generator=g) * 0.8 + 0.1
+    mask = torch.zeros(b, 1, h, w)
+    for i in range(b):
+        top, left = 8 + 2 * i, 12 + 3 * i
+        mask[i, :, top : top + 16, left : left + 10] = 1
+    fg_bg = torch.where(mask > 0, torch.rand(b, 3, h, w, generator=g), bg)
+    depth = torch.rand(b, 1, h, w, generator=g)
+    return Batch(bg, fg_bg, mask, depth)
+
+
+def clone(batch: Batch) -> Batch:
+    return Batch(*(t.clone() for t in dataclasses.astuple(batch)))
+
+
+def same(a: Batch, b: Batch) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True))
+
+
+def centroid(img: torch.Tensor) -> torch.Tensor:
+    """Intensity centroid (x, y) of each B×1×H×W image, in px from the image centre."""
+    _, _, h, w = img.shape
+    ys = torch.arange(h, dtype=img.dtype) + 0.5 - h / 2
+    xs = torch.arange(w, dtype=img.dtype) + 0.5 - w / 2
+    total = img.sum((1, 2, 3))
+    return torch.stack([(img * xs).sum((1, 2, 3)) / total, (img * ys.view(-1, 1)).sum((1, 2, 3)) / total], 1)
+
+
+def test_misalignment_moves_only_bg_by_the_drawn_affine():
+    """A blob off-centre moves to zoom·R(angle)·p + shift (px, y down), on a non-square image."""
+    b, h, w = 5, 72, 96
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
+    start = torch.tensor([10.0, -6.0])
+    blob = torch.exp(-((xs - start[0]) ** 2 + (ys - start[1]) ** 2) / (2 * 3.0**2))
+    batch = scene(b, h, w)
+    batch = Batch(blob.expand(b, 3, h, w).clone(), batch.fg_bg, batch.mask, batch.depth)
+    before = clone(batch)
+    aug = CaptureAugment(only(misalign={"p": 1, "translate": 0.05, "rotate": 10, "scale": 0.1}), seed=3)
+    d = aug.draw(b)
+    out = aug.apply(batch, d)
+
+    a = torch.deg2rad(d.angle)
+    rot = torch.stack([torch.stack([a.cos(), -a.sin()], -1), torch.stack([a.sin(), a.cos()], -1)], 1)
+    want = d.zoom.view(-1, 1) * (rot @ start) + d.shift * torch.tensor([w, h])
+    assert (want - start).norm(dim=1).mean() > 1  # the draws really move it
+    assert torch.allclose(centroid(out.bg[:, :1]), want, atol=0.02)
+    assert torch.equal(out.fg_bg, before.fg_bg) and torch.equal(out.mask, before.mask)
+    assert torch.equal(out.depth, before.depth) and same(batch, before)
+
+
+def test_a_known_translation_moves_the_pattern_by_that_many_pixels():
+    b, h, w = 2, 64, 64
+    batch = scene(b, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
+    blob = torch.exp(-(xs**2 + ys**2) / (2 * 4.0**2))
+    batch = Batch(blob.expand(b, 3, h, w).clone(), batch.fg_bg, batch.mask, batch.depth)
+    aug = CaptureAugment(only(misalign={"p": 1}), seed=0)
+    d = dataclasses.replace(
+        aug.draw(b), shift=torch.tensor([[1.5, -0.75], [0.25, 2.0]]) / w, angle=torch.zeros(b), zoom=torch.ones(b)
+    )
+    moved = centroid(aug.apply(batch, d).bg[:, :1])
+    assert torch.allclose(moved, torch.tensor([[1.5, -0.75], [0.25, 2.0]]), atol=0.02)
+
+
+def test_shadow_darkens_the_scene_outside_the_mask_only():
+    batch = scene(8)
+    before = clone(batch)
+    out = CaptureAugment(only(shadow={"p": 1, "strength": [0.2, 0.5]}), seed=1)(batch)
+    inside = batch.mask.expand_as(batch.fg_bg) > 0
+    assert torch.equal(out.fg_bg[inside], before.fg_bg[inside])  # never on the object
+    assert (out.fg_bg <= before.fg_bg).all()  # never brightens
+    darker = (before.fg_bg - out.fg_bg).amax((1, 2, 3))
+    assert (darker > 0.02).sum() >= 6  # and really casts shadows (some fall behind the object)
+    assert torch.equal(out.mask, before.mask) and torch.equal(out.depth, before.depth)
+    assert torch.equal(out.bg, before.bg) and same(batch, before)
+
+
+def test_shadow_lands_where_its_offset_puts_it():
+    """Offset 16 px right, no squash/shear/blur: the box's copy to the right is darkened by `strength`."""
+    b, h, w = 1, 64, 64
+    fg_bg = torch.full((b, 3, h, w), 0.8)
+    mask = torch.zeros(b, 1, h, w)
+    mask[..., 20:28, 10:18] = 1
+    batch = Batch(fg_bg.clone(), fg_bg, mask, torch.zeros_like(mask))
+    aug = CaptureAugment(only(shadow={"p": 1}), seed=0)
+    d = dataclasses.replace(
+        aug.draw(b), shadow_offset=torch.tensor([[0.25, 0.0]]), shadow_strength=torch.tensor([0.5]),
+        shadow_squash=torch.ones(b), shadow_shear=torch.zeros(b), shadow_blur=torch.zeros(b),
+    )  # fmt: skip
+    ratio = aug.apply(batch, d).fg_bg / fg_bg
+    want = torch.ones_like(ratio)
+    want[..., 20:28, 26:34] = 0.5
+    assert torch.allclose(ratio, want, atol=1e-4)
+
+
+def test_photometric_with_p0_is_the_identity_and_with_p1_changes_each_shot():
+    batch = scene()
+    assert same(CaptureAugment(only(photometric={"p_bg": 0, "p_fg_bg": 0}), seed=0)(batch), batch)
+    out = CaptureAugment(only(photometric={"p_bg": 1, "p_fg_bg": 0}), seed=0)(batch)
+    assert not torch.equal(out.bg, batch.bg) and torch.equal(out.fg_bg, batch.fg_bg)
+    out = CaptureAugment(only(photometric={"p_bg": 1, "p_fg_bg": 1}), seed=0)(batch)
+    assert (out.bg - batch.bg).abs().amax((1, 2, 3)).min() > 1e-3
+    assert (out.fg_bg - batch.fg_bg).abs().amax((1, 2, 3)).min() > 1e-3
+
+
+def test_noise_differs_between_the_shots():
+    """The same noise on both would cancel in their difference: the network must see it differ."""
+    batch = scene()
+    out = CaptureAugment(only(noise={"p": 1, "sigma": [0.02, 0.02]}), seed=0)(batch)
+    outside = (batch.mask == 0).expand_as(batch.bg)
+    n_bg, n_fg = (out.bg - batch.bg)[outside], (out.fg_bg - batch.fg_bg)[outside]
+    assert 0.015 < n_bg.std() < 0.025 and 0.015 < n_fg.std() < 0.025
+    assert (n_bg - n_fg).abs().mean() > 0.01
+
+
+def test_blur_keeps_flat_images_flat_and_softens_edges():
+    b, h, w = 2, 32, 32
+    flat = torch.full((b, 3, h, w), 0.6)
+    step = torch.zeros(b, 3, h, w)
+    step[..., 16:] = 1
+    mask, depth = torch.zeros(b, 1, h, w), torch.zeros(b, 1, h, w)
+    aug = CaptureAugment(only(blur={"p": 1, "sigma": [0.8, 0.8]}), seed=0)
+    out = aug(Batch(flat, step, mask, depth))
+    assert torch.allclose(out.bg, flat, atol=1e-6)  # no darkened borders
+    assert 0.05 < out.fg_bg[..., 15].min() and out.fg_bg[..., 16].max() < 0.95
+
+
+def test_unpicked_samples_are_bit_identical():
+    batch = scene(16)
+    aug = CaptureAugment(only(photometric={"p_bg": 0.5, "p_fg_bg": 0}), seed=0)
+    d = aug.draw(16)
+    out = aug.apply(batch, d)
+    picked = d.photometric[0]
+    assert 0 < picked.sum() < 16
+    assert torch.equal(out.bg[~picked], batch.bg[~picked])
+    assert not torch.equal(out.bg[picked], batch.bg[picked])
+
+
+def test_same_seed_same_batch_other_seed_or_rank_differs():
+    everything = only(
+        misalign={"p": 1}, photometric={"p_bg": 1, "p_fg_bg": 1}, blur={"p": 1}, noise={"p": 1}, shadow={"p": 1}
+    )
+    batch = scene()
+    first = CaptureAugment(everything, seed=7)(batch)
+    assert same(CaptureAugment(everything, seed=7)(batch), first)
+    assert not torch.equal(CaptureAugment(everything, seed=8)(batch).bg, first.bg)
+    assert not torch.equal(CaptureAugment(everything, seed=7, rank=1)(batch).bg, first.bg)
+
+
+def test_state_resumes_the_next_batch_exactly():
+    params, batch = AugmentParams(), scene(16)
+    aug = CaptureAugment(params, seed=0)
+    aug(batch)
+    state = aug.get_state()
+    want = aug(batch)
+    resumed = CaptureAugment(params, seed=123)
+    resumed.set_state(state)
+    assert same(resumed(batch), want)
+    assert not same(aug(batch), want)  # the stream moves on
+
+
+def test_disabled_is_the_identity():
+    batch = scene()
+    params = AugmentParams.model_validate({"enabled": False, "shadow": {"p": 1}, "noise": {"p": 1}})
+    assert same(CaptureAugment(params, seed=0)(batch), batch)
+
+
+@pytest.mark.parametrize("section", ["misalign", "photometric", "blur", "noise", "shadow", "all"])
+def test_mask_depth_and_inputs_are_never_modified(section):
+    on = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1}, "noise": {"p": 1},
+          "shadow": {"p": 1}}  # fmt: skip
+    params = only(**on) if section == "all" else only(**{section: on[section]})
+    batch = scene()
+    before = clone(batch)
+    out = CaptureAugment(params, seed=0)(batch)
+    assert torch.equal(out.mask, before.mask) and torch.equal(out.depth, before.depth)
+    assert same(batch, before)  # nothing in place
+    assert not (torch.equal(out.bg, before.bg) and torch.equal(out.fg_bg, before.fg_bg))
+    for t in (out.bg, out.fg_bg):
+        assert t.min() >= 0 and t.max() <= 1 and math.isfinite(float(t.sum()))
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("noise:\n  p: 1.5\n", "train.augment.noise.p"),
+        ("noise:\n  sigma: [-0.01, 0.02]\n", "train.augment.noise.sigma: both ends must lie in"),
+        ("blur:\n  sigma: [0.8, 0.3]\n", "train.augment.blur.sigma: low 0.8 > high 0.3"),
+        ("shadow:\n  strength: [0.1, 1.5]\n", "train.augment.shadow.strength"),
+        ("shadow:\n  squash: [0, 1]\n", "train.augment.shadow.squash"),
+        ("misalign:\n  translate: -0.01\n", "train.augment.misalign.translate"),
+        ("misalign:\n  padding: wrap\n", "train.augment.misalign.padding"),
+        ("photometric:\n  p: 0.5\n", "train.augment.photometric.p: unknown key"),
+    ],
+)
+def test_bad_augment_params_name_the_key(tmp_path, text, key):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  augment:\n" + "".join(f"    {line}\n" for line in text.splitlines()))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(path) in str(err.value) and key in str(err.value)

@@ -1,0 +1,64 @@
+"""evaluate: test-split metrics that are what they say, per sample and on average, and the sheet."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fgbg.config import EvaluateParams
+from fgbg.data import ShardSamples, bg_table, make_loader, to_device
+from fgbg.evaluate import run_evaluate
+from fgbg.model import infer, load_model
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tiny_data, tmp_path_factory):
+    prepared, composites, depth, _ = tiny_data
+    out = tmp_path_factory.mktemp("metrics")
+    result = run_evaluate(EvaluateParams(batch_size=8, sheet_samples=4), trained.model, prepared, composites, depth,
+                          out, device="cpu", mlflow=trained.params.mlflow, log=lambda *a: None)  # fmt: skip
+    return result, out
+
+
+def test_per_sample_metrics_are_recomputed_independently(evaluated, trained, tiny_data):
+    """Each CSV row is the IoU of that key's prediction, counted here with NumPy."""
+    result, out = evaluated
+    prepared, composites, depth, _ = tiny_data
+    rows = {r["key"]: r for r in csv.DictReader((out / "test_samples.csv").open())}
+    dev = torch.device("cpu")
+    loaded = load_model(trained.model, dev)
+    test = ShardSamples(composites, depth, "test", shuffle=False)
+    checked = 0
+    with torch.no_grad():
+        for raw in make_loader(test, 8, 0, dev):
+            batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
+            pred = (infer(loaded.net, batch.bg, batch.fg_bg).mask_logits > 0).numpy()
+            gt = batch.mask.numpy() > 0.5
+            for key, p, g in zip(raw[4], pred, gt, strict=True):
+                union = (p | g).sum()
+                iou = (p & g).sum() / union if union else 1.0
+                assert float(rows[key]["iou"]) == pytest.approx(iou, abs=1e-5), key
+                checked += 1
+    assert checked == result["samples"] == len(rows) > 0
+
+
+def test_test_json_is_the_mean_of_the_per_sample_table(evaluated):
+    result, out = evaluated
+    assert json.loads((out / "test.json").read_text()) == result
+    rows = list(csv.DictReader((out / "test_samples.csv").open()))
+    assert list(rows[0]) == ["key", "iou", "dice", "boundary_f", "absrel", "rmse", "delta1", "delta2", "delta3", "ssim"]
+    for k in ("iou", "dice", "absrel", "delta1"):
+        assert result[k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
+
+
+def test_sheet_shows_the_best_and_worst_samples(evaluated, trained):
+    _, out = evaluated
+    sheet = np.asarray(Image.open(out / "test_sheet.png"))
+    size = load_model(trained.model, torch.device("cpu")).input_size
+    assert sheet.shape[0] == 4 * size  # 2 best + 2 worst rows of `size` px
+    assert sheet.shape[1] == 6 * size + 5 * 2  # bg | fg_bg | mask | pred | depth | pred

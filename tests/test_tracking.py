@@ -1,0 +1,49 @@
+"""MLflow: a training run with params, tags, curves, pictures, checkpoint, registered model; the
+evaluation logged into it; names a person can compare."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+
+from fgbg.config import EvaluateParams, TrainParams
+from fgbg.evaluate import run_evaluate
+from fgbg.model import Deployable, load_model
+from fgbg.tracking import run_name
+
+
+def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(trained, tiny_data, tmp_path):
+    prepared, composites, depth, _ = tiny_data
+    run_evaluate(EvaluateParams(batch_size=8, sheet_samples=2), trained.model, prepared, composites, depth,
+                 tmp_path / "metrics", device="cpu", mlflow=trained.params.mlflow, log=lambda *a: None)  # fmt: skip
+    client = mlflow.tracking.MlflowClient(tracking_uri=trained.params.mlflow.tracking_uri)
+    run = client.get_run(trained.run_id)
+    assert run.data.params["train.encoder"] == "resnet18"
+    assert {"train_loss", "val_loss", "val_iou", "test_iou", "test_delta1"} <= set(run.data.metrics)
+    assert "git_commit" in run.data.tags and len(run.data.tags["model_sha256"]) == 64
+    assert run.info.run_name.startswith("resnet18-32px-1x2")
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"predictions", "checkpoint", "evaluate"} <= top
+    sheets = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
+    assert sheets and sheets[0].endswith(".png")
+    versions = client.search_model_versions("name='fgbg-mask-depth'")
+    version = next(v for v in versions if v.run_id == run.info.run_id)
+
+    # the registered model is model.pt's best weights with normalisation inside, at any H, W
+    served = mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}")
+    x = np.random.default_rng(0).random((3, 6, 96, 64), dtype=np.float32)
+    got = served.predict(x)
+    net = load_model(trained.model, torch.device("cpu")).net
+    with torch.no_grad():
+        prob, depth_pred = Deployable(net)(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
+    assert got.shape == (3, 2, 96, 64)
+    np.testing.assert_allclose(got, torch.cat([prob, depth_pred], 1).numpy(), atol=1e-5)
+
+
+def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):
+    params = TrainParams(encoder="resnet34", image_size=192, epochs=5, steps_per_epoch=0)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert run_name(params, "0123456789abcdef") == "resnet34-192px-5xall-0123456"
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-3")
+    assert run_name(params, "0123456789abcdef") == "lr-sweep-3"

@@ -1,0 +1,114 @@
+"""Training: it learns, resumes exactly, gives the same model.pt for the same inputs, and runs
+under torchrun."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+import torch
+from conftest import tiny_train_params, train_tiny
+
+from fgbg.data import ShardSamples, bg_table, make_loader, to_device
+from fgbg.losses import total_loss
+from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
+
+
+def unregistered(tmp_path) -> dict:
+    return {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "registered_model": None}
+
+
+def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(tiny_data, tmp_path):
+    prepared, composites, depth, stats = tiny_data
+    params = tiny_train_params(tmp_path)
+    torch.manual_seed(0)
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(stats))
+    dev = torch.device("cpu")
+    batch = to_device(next(iter(make_loader(ShardSamples(composites, depth, "train", shuffle=False), 4, 0, dev))),
+                      bg_table(prepared, dev), dev, 32)  # fmt: skip
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+    def loss():
+        out = infer(net, batch.bg, batch.fg_bg)
+        return total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)[0]
+
+    before = loss()
+    for _ in range(3):
+        opt.zero_grad()
+        step_loss = loss()
+        step_loss.backward()
+        opt.step()
+    assert loss().item() < before.item()
+
+
+def test_the_same_training_gives_the_same_model_file(tiny_data, tmp_path):
+    """model.pt is a DVC out: no run id, time or path inside, so two runs → the same bytes."""
+    params = tiny_train_params(tmp_path, epochs=1, mlflow=unregistered(tmp_path))
+    first = train_tiny(params, tiny_data, tmp_path / "a")
+    second = train_tiny(params, tiny_data, tmp_path / "b")
+    assert first["mlflow_run_id"] != second["mlflow_run_id"]
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    params = tiny_train_params(tmp_path)
+    train_tiny(params, tiny_data, tmp_path / "straight")
+
+    import fgbg.tracking as tracking
+
+    real_epoch = tracking.TrainRun.epoch
+
+    def killed_in_epoch_2(self, row, sheet):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
+        real_epoch(self, row, sheet)
+
+    monkeypatch.setattr(tracking.TrainRun, "epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(params, tiny_data, tmp_path / "resumed")
+    mlflow.end_run()
+    monkeypatch.setattr(tracking.TrainRun, "epoch", real_epoch)
+    result = train_tiny(params, tiny_data, tmp_path / "resumed", resume=True)
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "model.pt").read_bytes() == (tmp_path / "resumed" / "model.pt").read_bytes()
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=params.mlflow.tracking_uri)
+    versions = len(client.search_model_versions("name='fgbg-mask-depth'"))
+    again = train_tiny(params, tiny_data, tmp_path / "resumed", resume=True)  # finished: nothing to do or log
+    assert again["history"] == result["history"]
+    assert len(client.search_model_versions("name='fgbg-mask-depth'")) == versions
+    with pytest.raises(ValueError, match="without --resume"):  # a longer schedule is a new run
+        train_tiny(params.model_copy(update={"epochs": 3}), tiny_data, tmp_path / "resumed", resume=True)
+
+
+def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
+    """`torchrun --nproc_per_node 2 -m fgbg.cli train` starts, shares shards, and rank 0 saves."""
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import TINY_COMPOSE, TINY_SPLIT
+
+    from fgbg.compose import run_compose
+    from fgbg.config import DepthParams
+    from fgbg.depth import run_depth
+
+    prepared, _, _, stats = tiny_data
+    composites, depth = tmp_path / "composites", tmp_path / "depth"  # small shards: one per rank at least
+    run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 6}), TINY_SPLIT, prepared, composites)
+    run_depth(DepthParams(jobs=1, preview_samples=0), prepared, composites, depth)
+    params = tiny_train_params(tmp_path, epochs=1, mlflow=unregistered(tmp_path))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump()}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "fgbg.cli", "train", "-p", str(tmp_path / "params.yaml"), "--prepared", str(prepared),
+           "--composites", str(composites), "--depth", str(depth), "--stats", str(stats),
+           "--out", str(tmp_path / "ddp")]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = torch.load(tmp_path / "ddp" / "model.pt", weights_only=False)
+    assert not any(k.startswith("module.") for k in saved["model"])  # the bare model, not the DDP wrapper
+    assert "train: 1 epochs" in res.stderr
+    rngs = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["flip"], rngs[1]["flip"])  # each rank resumes its own
