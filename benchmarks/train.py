@@ -1,6 +1,7 @@
 """Training throughput: end to end from shards vs the model-only ceiling on synthetic tensors.
 
     python benchmarks/train.py --data /tmp/bench --steps 10 --batch-size 16          # CPU, quick
+    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment  # + capture augmentation
     python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
 
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fgbg.augment import CaptureAugment
 from fgbg.config import TrainParams, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
     args = ap.parse_args()
 
     params = TrainParams(encoder=args.encoder, batch_size=args.batch_size, workers=args.workers)
@@ -55,6 +58,8 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+
+    augment = CaptureAugment(params.augment, seed=0)
 
     def step(batch: Batch) -> None:
         out = infer(net, batch.bg, batch.fg_bg)
@@ -86,6 +91,10 @@ def main() -> None:
     print(f"model-only ceiling (synthetic tensors): {ceiling:,.1f} samples/s")
     e2e = timed_steps(step, from_shards(), args.warmup, args.steps, args.batch_size, device)
     print(f"end to end from shards: {e2e:,.1f} samples/s ({e2e / ceiling:.0%} of the ceiling)")
+    if args.augment:
+        augmented = (augment(b) for b in from_shards())
+        aug = timed_steps(step, augmented, args.warmup, args.steps, args.batch_size, device)
+        print(f"end to end with capture augmentation: {aug:,.1f} samples/s ({aug / e2e:.1%} of without)")
 
 
 if __name__ == "__main__":
