@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -68,12 +71,32 @@ def tiny_data(tiny_prepared, tiny_composites, tiny_depth, tiny_stats):
     return tiny_prepared, tiny_composites, tiny_depth, tiny_stats
 
 
+@cache
+def _migrated_mlflow_db() -> Path:
+    """An empty MLflow SQLite store, created once: a new store runs seconds of schema migrations."""
+    import mlflow
+
+    db = Path(tempfile.mkdtemp(prefix="fgbg-mlflow-")) / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+def fresh_mlflow_uri(folder: Path) -> str:
+    """A test's own, empty MLflow store (a copy of the migrated one)."""
+    db = Path(folder) / "mlflow.db"
+    if not db.exists():
+        shutil.copyfile(_migrated_mlflow_db(), db)
+    return f"sqlite:///{db}"
+
+
 def tiny_train_params(tmp_path: Path, **kw):
+    """Tiny training params with their own MLflow store; the MLflow model (torch.export, ~15 s) is
+    skipped unless a test asks for it with mlflow={..., "log_model": True}."""
     from fgbg.config import TrainParams
 
+    mlflow = {"tracking_uri": fresh_mlflow_uri(tmp_path), "log_model": False, **kw.pop("mlflow", {})}
     base = dict(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], image_size=32, epochs=2,
-                steps_per_epoch=2, batch_size=4, workers=0, device="cpu",
-                mlflow={"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})  # fmt: skip
+                steps_per_epoch=2, batch_size=4, workers=0, device="cpu", mlflow=mlflow)  # fmt: skip
     return TrainParams(**{**base, **kw})
 
 
@@ -92,7 +115,7 @@ def trained(tiny_data, tmp_path_factory):
     from types import SimpleNamespace
 
     root = tmp_path_factory.mktemp("trained")
-    params = tiny_train_params(root, epochs=1)
+    params = tiny_train_params(root, epochs=1, mlflow={"log_model": True})
     result = train_tiny(params, tiny_data, root / "models")
     return SimpleNamespace(model=root / "models" / "model.pt", params=params, run_id=result["mlflow_run_id"],
                            root=root, history=result["history"])  # fmt: skip

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_SPLIT, quiet
+from conftest import TINY_SPLIT, fresh_mlflow_uri, quiet
 
 from fgbg.compose import run_compose
-from fgbg.config import ComposeParams, DepthParams, StatsParams, TrainParams
+from fgbg.config import ComposeParams, DepthParams, TrainParams
 from fgbg.depth import run_depth
 from fgbg.shards import JOURNAL, MANIFEST, file_sha256
-from fgbg.stats import run_stats
 from fgbg.train import run_train
 
 pytestmark = pytest.mark.slow
@@ -107,10 +106,9 @@ def test_depth_killed_anywhere_reruns_to_identical_shards(tiny_prepared, referen
     kill_and_rerun(args, tmp_path, reference / "depth", (1, 70))
 
 
-def test_train_killed_then_resumed_gives_the_same_weights(tiny_prepared, tiny_composites, tiny_depth, tmp_path):
-    stats = tmp_path / "stats.json"
-    run_stats(StatsParams(jobs=1), tiny_prepared, tiny_composites, tiny_depth, stats)
-    tracking = {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "registered_model": None}
+def test_train_killed_then_resumed_gives_the_same_weights(tiny_data, tmp_path):
+    tiny_prepared, tiny_composites, tiny_depth, stats = tiny_data
+    tracking = {"tracking_uri": fresh_mlflow_uri(tmp_path), "log_model": False}
     train = TrainParams(encoder="resnet18", decoder_channels=[16, 16, 8, 8, 8], image_size=32, epochs=3,
                         steps_per_epoch=2, batch_size=4, workers=0, device="cpu", mlflow=tracking)  # fmt: skip
     run_train(train, {}, tiny_prepared, tiny_composites, tiny_depth, stats, tmp_path / "straight",

@@ -67,12 +67,15 @@ def test_dvc_repro_push_clone_pull_gives_identical_data(tmp_path, env):
     run(["dvc", "remote", "add", "-d", "local", str(remote)], repo, env)
 
     out = run(["dvc", "repro"], repo, env)
-    assert "Running stage 'evaluate'" in out
+    assert "Running stage 'evaluate'" in out and "Running stage 'check-captures'" in out
+    captures = json.loads((repo / "metrics" / "captures.json").read_text())
+    assert captures["objects"] == 6 and 0 <= captures["iou_handheld"] <= 1
     test_metrics = json.loads((repo / "metrics" / "test.json").read_text())
     assert test_metrics["samples"] > 0 and 0 <= test_metrics["iou"] <= 1
     assert "up to date" in run(["dvc", "repro"], repo, env)
     metrics = run(["dvc", "metrics", "show"], repo, env)
     assert "fg_bg.mean.r" in metrics and "depth.mean" in metrics and "delta1" in metrics
+    assert "iou_tripod" in metrics  # the real-photo capture check is a DVC metric too
 
     built = tree_hashes(repo / "data")
     assert any(k.startswith("composites/train/shard-") for k in built)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 from PIL import Image
 
-from fgbg.predict import network_size, run_predict
+from fgbg.align import apply_homography
+from fgbg.capture_pairs import capture_pairs, real_photos
+from fgbg.config import TrainParams
+from fgbg.model import LoadedModel
+from fgbg.predict import align_bg, network_size, run_predict, trained_tolerance_px
 
 
 def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):
@@ -15,11 +22,78 @@ def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):
     for name, (h, w) in (("a.png", (70, 100)), ("b.jpg", (45, 45))):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "bg" / name)
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "fg_bg" / name)
-    written = run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu")
-    assert len(written) == 8
+    written = run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu", "never")
+    assert len(written) == 10  # mask, depth, colour depth, overlay, alignment json per pair
     mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
     depth = np.asarray(Image.open(tmp_path / "out" / "a_depth.png"))
     assert mask.shape == (70, 100) and set(np.unique(mask)) <= {0, 255}
     assert depth.shape == (70, 100) and depth.dtype == np.uint16
     assert network_size(480, 640, 192) == (192, 256)  # aspect kept, sides multiples of 32
     assert np.asarray(Image.open(tmp_path / "out" / "b_overlay.png")).shape == (45, 45, 3)
+
+
+def _photo_pair(condition: str, size: int = 192):
+    return next(capture_pairs(real_photos()[:1], per_photo=1, size=size, seed=3, conditions=(condition,)))
+
+
+def _camera_motion_px(matrix: np.ndarray, size: int) -> float:
+    grid = np.stack(np.meshgrid(np.linspace(0, size - 1, 9), np.linspace(0, size - 1, 9)), -1).reshape(-1, 2)
+    return float(np.linalg.norm(apply_homography(matrix, grid) - grid, axis=1).max())
+
+
+def _write_pair(folder, bg: np.ndarray, fg_bg: np.ndarray, name: str = "shot.png"):
+    for sub, img in (("bg", bg), ("fg_bg", fg_bg)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / sub / name)
+    return folder / "bg" / name, folder / "fg_bg" / name
+
+
+def test_predict_aligns_a_handheld_pair_and_reports_the_camera_motion(trained, tmp_path):
+    pair = _photo_pair("handheld")
+    bg, fg_bg = _write_pair(tmp_path, pair.bg, pair.fg_bg)
+    logged = []
+    run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", log=logged.append)
+    report = json.loads((tmp_path / "out" / "shot.json").read_text())
+    assert report["align"] == "auto" and report["aligned"] is True and not report["warning"]
+    truth = _camera_motion_px(pair.true_matrix, 192)
+    assert truth > 10 and report["shift_px"] == pytest.approx(truth, abs=0.5)
+    assert 0 <= report["uncovered"] < 0.2
+    assert any("aligned" in line and "shot.png" in line for line in logged)
+
+
+def test_auto_aligns_only_beyond_the_tolerance_and_never_leaves_the_bg_alone():
+    pair = _photo_pair("shift")  # a tripod nudge ≤ 1.5 px
+    motion = _camera_motion_px(pair.true_matrix, 192)
+    same, report = align_bg(pair.bg, pair.fg_bg, "auto", motion + 1.0, 192, "a, b")
+    assert same is pair.bg and not report.aligned and report.shift_px == pytest.approx(motion, abs=0.5)
+    warped, report = align_bg(pair.bg, pair.fg_bg, "auto", motion / 4, 192, "a, b")
+    assert report.aligned and warped.shape == pair.fg_bg.shape
+    outside = pair.mask == 0  # the warped bg matches the fg_bg shot better than the bg as shot
+    err_before = np.abs(pair.bg.astype(int) - pair.fg_bg)[outside].mean()
+    err_after = np.abs(warped.astype(int) - pair.fg_bg)[outside].mean()
+    assert err_after < 0.6 * err_before
+    kept, report = align_bg(pair.bg, pair.fg_bg, "never", 0.0, 192, "a, b")
+    assert kept is pair.bg and report.shift_px is None
+
+
+def test_two_different_scenes_are_refused_or_warned_naming_both_files(trained, tmp_path):
+    (_, china), (_, flower), _ = real_photos()
+    bg, fg_bg = _write_pair(tmp_path, china[:192, :192], flower[:192, :192])
+    with pytest.raises(ValueError, match="cannot register") as err:
+        run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="always")
+    assert str(bg) in str(err.value) and str(fg_bg) in str(err.value)
+    logged = []
+    run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="auto", log=logged.append)
+    assert any(line.startswith("warning:") and str(fg_bg) in line for line in logged)
+    assert json.loads((tmp_path / "out" / "shot.json").read_text())["warning"]
+    with pytest.raises(ValueError, match="--align"):
+        run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="sometimes")
+
+
+def test_the_trained_tolerance_comes_from_the_models_misalignment_range():
+    def loaded(**augment):
+        return LoadedModel(None, TrainParams(augment=augment), 128, 0)
+
+    assert trained_tolerance_px(loaded(misalign={"translate": 0.02})) == pytest.approx(2.56)
+    assert trained_tolerance_px(loaded(enabled=False)) == 0.5
+    assert trained_tolerance_px(loaded(misalign={"p": 0.0})) == 0.5

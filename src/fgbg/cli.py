@@ -194,6 +194,24 @@ def evaluate(
     run_evaluate(p.evaluate, model, prepared, composites, depth_dir, out, p.train.device, p.train.mlflow, log=_log)
 
 
+@app.command("check-captures")
+@_one_line_errors
+def check_captures(
+    params: ParamsOpt = Path("params.yaml"),
+    model: Path = MODELS / "model.pt",
+    out: Path = METRICS,
+) -> None:
+    """Real photos shot like real pairs (nudge, exposure, shadow, handheld): IoU per condition → metrics/."""
+    from fgbg.captures import run_check_captures
+
+    p = _params(params)
+    run_check_captures(p.captures, model, out, p.train.device, p.train.mlflow, log=_log)
+
+
+ALIGN_HELP = "Register the bg onto the fg_bg first: auto (camera moved beyond the trained range), always, never."
+ALIGN_ABOVE_HELP = "auto aligns above this camera shift (px at the model's input size); default: the trained range."
+
+
 @app.command()
 @_one_line_errors
 def predict(
@@ -202,11 +220,13 @@ def predict(
     model: Path = MODELS / "model.pt",
     out: Path = Path("predictions"),
     device: str = "auto",
+    align: Annotated[str, typer.Option(help=ALIGN_HELP)] = "auto",
+    align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
 ) -> None:
-    """Predict mask and depth for bg + fg_bg photos of any size (mask, 16-bit depth, colour depth, overlay)."""
+    """Mask and depth for bg + fg_bg photos of any size (mask, 16-bit depth, colour depth, overlay, alignment)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(model, bg, fg_bg, out, device)
+    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, log=_log)
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 

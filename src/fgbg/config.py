@@ -142,6 +142,7 @@ class MlflowParams(_Section):
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "fgbg"
     registered_model: str | None = "fgbg-mask-depth"  # null: do not register
+    log_model: bool = True  # false: skip the MLflow model (its torch.export takes ~15 s on a CPU); nothing registered
 
 
 def _range(default: tuple[float, float], lo: float, hi: float):
@@ -262,6 +263,21 @@ class EvaluateParams(_Section):
     sheet_samples: int = Field(6, ge=1, le=64)
 
 
+class CapturesParams(_Section):
+    """`fgbg check-captures`: real-photo pairs under real shooting conditions (DESIGN.md §9)."""
+
+    seed: int = 0
+    per_photo: int = Field(16, ge=1)  # objects per photo (3 photos), each in every condition
+    size: int = Field(192, ge=64)  # pair side (px); a multiple of 32
+    align: Literal["auto", "always", "never"] = "auto"  # handheld pairs, as `fgbg predict --align`
+
+    @model_validator(mode="after")
+    def _multiple_of_32(self) -> CapturesParams:
+        if self.size % 32:
+            raise ValueError(f"size: {self.size} is not a multiple of 32 (the U-Net needs one)")
+        return self
+
+
 class Params(_Section):
     synth: SynthParams = SynthParams()
     prepare: PrepareParams = PrepareParams()
@@ -271,6 +287,7 @@ class Params(_Section):
     stats: StatsParams = StatsParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    captures: CapturesParams = CapturesParams()
 
 
 def _describe(err: ValidationError) -> str:

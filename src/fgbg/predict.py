@@ -1,7 +1,13 @@
-"""`fgbg predict`: bg + fg_bg photos (any size) → mask PNG, 16-bit depth PNG, colour depth, overlay."""
+"""`fgbg predict`: bg + fg_bg photos (any size) → mask PNG, 16-bit depth PNG, colour depth, overlay.
+
+Handheld pairs are registered first (fgbg.align) when the camera moved more than the model was
+trained to tolerate; the shift found is written next to the outputs (`<name>.json`).
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -9,12 +15,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fgbg.align import estimate_alignment, is_misaligned, warp_bg
 from fgbg.config import resolve_device
 from fgbg.convention import unit_to_u16
 from fgbg.images import IMAGE_SUFFIXES, atomic_write_bytes, depth_to_colour, encode_png, load_raw_image
 from fgbg.model import LoadedModel, infer, load_model
 
 _LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
+ALIGN_MODES = ("auto", "always", "never")
+UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 
 
 def pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
@@ -41,25 +50,100 @@ def network_size(h: int, w: int, size: int) -> tuple[int, int]:
 def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mask uint8 {0, 255}, depth uint16) at fg_bg's size, predicted at the model's input scale
     with the photo's aspect ratio kept."""
+    ((mask, depth),) = predict_batch(loaded, [bg_img], [fg_bg_img])
+    return mask, depth
+
+
+def predict_batch(
+    loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """predict_pair for pairs of one size in one forward pass."""
     dev = next(loaded.net.parameters()).device
-    h, w = fg_bg_img.shape[:2]
+    h, w = fg_bg_imgs[0].shape[:2]
     net_hw = network_size(h, w, loaded.input_size)
 
-    def tensor(img):
-        t = torch.from_numpy(np.ascontiguousarray(img)).to(dev).permute(2, 0, 1)[None].float() / 255
+    def tensor(imgs):
+        t = torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255
         return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
 
     with torch.inference_mode():
-        out = infer(loaded.net, tensor(bg_img), tensor(fg_bg_img))
+        out = infer(loaded.net, tensor(bg_imgs), tensor(fg_bg_imgs))
         prob = F.interpolate(torch.sigmoid(out.mask_logits), size=(h, w), mode="bilinear", align_corners=False)
         depth = F.interpolate(out.depth, size=(h, w), mode="bilinear", align_corners=False)
-        return ((prob[0, 0] >= 0.5).byte() * 255).cpu().numpy(), unit_to_u16(depth[0, 0])
+        masks = ((prob[:, 0] >= 0.5).byte() * 255).cpu().numpy()
+        return [(masks[i], unit_to_u16(depth[i, 0])) for i in range(len(masks))]
 
 
-def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", log=print) -> list[Path]:
-    """Predict each pair; outputs (mask, 16-bit depth, colour depth, overlay) at the photo's size."""
+@dataclass
+class AlignReport:
+    """What `align_bg` found and did, in fg_bg pixels (and at the model's input scale)."""
+
+    aligned: bool = False
+    shift_px: float | None = None  # largest camera motion over the frame
+    rotation_deg: float | None = None
+    shift_at_model_px: float | None = None
+    tolerance_at_model_px: float | None = None
+    uncovered: float | None = None  # share of fg_bg the warped bg does not reach (edge-filled)
+    warning: str = ""
+
+
+def trained_tolerance_px(loaded: LoadedModel) -> float:
+    """The camera shift (px at the model's input size) the model saw in training: its bg-only
+    misalignment range (`train.augment.misalign.translate` × input size)."""
+    aug = loaded.params.augment
+    if not aug.enabled or aug.misalign.p == 0:
+        return UNTRAINED_TOLERANCE_PX
+    return max(UNTRAINED_TOLERANCE_PX, aug.misalign.translate * loaded.input_size)
+
+
+def align_bg(
+    bg_img: np.ndarray, fg_bg_img: np.ndarray, mode: str, tolerance_px: float, input_size: int, names: str, log=print
+) -> tuple[np.ndarray, AlignReport]:
+    """Register the bg onto fg_bg's view when the camera moved more than `tolerance_px` at the
+    model's input scale (`auto`), always (`always`) or never (`never`).
+
+    A pair that cannot be registered is an error under `always` and a warning under `auto`
+    (naming the files): the mask would otherwise mark the camera motion as object.
+    """
+    if mode not in ALIGN_MODES:
+        raise ValueError(f"align: one of {', '.join(ALIGN_MODES)}, not {mode!r}")
+    if mode == "never":
+        return bg_img, AlignReport()
+    found = estimate_alignment(bg_img, fg_bg_img)
+    scale = min(network_size(*fg_bg_img.shape[:2], input_size)) / min(fg_bg_img.shape[:2])
+    report = AlignReport(
+        shift_px=round(found.max_shift_px, 2),
+        rotation_deg=round(found.rotation_deg, 3),
+        shift_at_model_px=round(found.max_shift_px * scale, 2),
+        tolerance_at_model_px=round(tolerance_px, 2),
+    )
+    if not found.ok:
+        message = f"{names}: cannot register the bg to the fg_bg ({found.reason})"
+        if mode == "always":
+            raise ValueError(f"{message}; are they shots of the same scene?")
+        report.warning = found.reason
+        log(f"warning: {message}; predicted unaligned, camera motion may show up as object")
+        return bg_img, report
+    if mode == "always" or is_misaligned(found, tolerance_px / scale):
+        warped, valid = warp_bg(bg_img, found, fg_bg_img.shape)
+        report.aligned = True
+        report.uncovered = round(1.0 - float(np.count_nonzero(valid)) / valid.size, 4)
+        return warped, report
+    return bg_img, report
+
+
+def run_predict(
+    model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
+    align_above_px: float | None = None, log=print,
+) -> list[Path]:  # fmt: skip
+    """Predict each pair; outputs (mask, 16-bit depth, colour depth, overlay, `<name>.json` with the
+    alignment) at the photo's size. `align_above_px` (at the model's input size) overrides the
+    trained tolerance that triggers alignment under `align="auto"`."""
+    if align not in ALIGN_MODES:
+        raise ValueError(f"--align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
     dev = resolve_device(device)
     loaded = load_model(Path(model_path), dev)
+    tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
     written = []
     for bg_path, fg_bg_path in pairs(bg, fg_bg):
         bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
@@ -70,6 +154,11 @@ def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: 
             raise ValueError(f"{bg_path} is {bw}x{bh}, {fg_bg_path} is {w}x{h}: a bg and its fg_bg show the same view")
         if (bh, bw) != (h, w):
             bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
+        names = f"{bg_path}, {fg_bg_path}"
+        bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log)
+        if report.aligned:
+            log(f"{fg_bg_path.name}: bg aligned to the fg_bg (camera moved {report.shift_px} px, "
+                f"{report.rotation_deg}°)")  # fmt: skip
         mask, depth16 = predict_pair(loaded, bg_img, fg_bg_img)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
@@ -82,4 +171,8 @@ def run_predict(model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: 
             path = Path(out_dir) / f"{stem}_{suffix}.png"
             atomic_write_bytes(path, encode_png(img, 3))
             written.append(path)
+        path = Path(out_dir) / f"{stem}.json"
+        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, **asdict(report)}
+        atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
+        written.append(path)
     return written

@@ -93,15 +93,18 @@ class TrainRun:
         self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
         self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
 
-    def finish(self, model_path: Path, checkpoint: Path, registered: str | None) -> None:
+    def finish(self, model_path: Path, checkpoint: Path, params: MlflowParams) -> None:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
-        and register model.pt's best weights with their normalisation: bg ⊕ fg_bg on [0, 1] in,
-        mask prob ⊕ depth out, any batch and H, W (multiples of 32)."""
+        and log (and register) model.pt's best weights with their normalisation: bg ⊕ fg_bg on
+        [0, 1] in, mask prob ⊕ depth out, any batch and H, W (multiples of 32)."""
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
         self.mlflow.log_artifact(str(checkpoint), "checkpoint")
         self.mlflow.set_tag(MODEL_SHA_TAG, file_sha256(model_path))
+        if not params.log_model:
+            self.mlflow.end_run()
+            return
         loaded = load_model(model_path, torch.device("cpu"))
         size = loaded.input_size
         f32 = np.dtype(np.float32)
@@ -115,7 +118,7 @@ class TrainRun:
             signature=signature,
             # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
             input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
-            registered_model_name=registered,
+            registered_model_name=params.registered_model,
         )
         self.mlflow.end_run()
 

@@ -183,7 +183,7 @@ def run_train(
             best, stale, history = shared
     run_id = None
     if lead:
-        tracker.finish(out_dir / "model.pt", ckpt_path, params.mlflow.registered_model)
+        tracker.finish(out_dir / "model.pt", ckpt_path, params.mlflow)
         run_id = tracker.run_id
         if last_state is None:  # resumed after an early stop: no epoch ran in this process
             last_state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
