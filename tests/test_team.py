@@ -68,12 +68,16 @@ def env(tmp_path) -> dict:
     }
 
 
-def tiny_repo(path: Path, env: dict) -> Path:
+def tiny_repo(path: Path, env: dict, log_model: bool = True) -> Path:
+    """A git + DVC repo of the project on the tiny preset; `log_model=False` skips the MLflow model
+    (~15 s of torch.export per training) where a test does not look at it."""
     path.mkdir()
     shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(ROOT / name, path / name)
-    shutil.copy(ROOT / "presets" / "tiny.yaml", path / "params.yaml")
+    params = yaml.safe_load((ROOT / "presets" / "tiny.yaml").read_text())
+    params["train"]["mlflow"]["log_model"] = log_model
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], path, env)
     run(["dvc", "init", "-q"], path, env)
     return path
@@ -200,7 +204,7 @@ def test_s3_remote_push_clone_pull_survives_a_killed_server(tmp_path, env):
 def test_dvc_experiments_line_up_with_mlflow_runs(tmp_path, env):
     tracking = f"sqlite:///{tmp_path}/mlflow.db"  # outside the repo: dvc exp may reset the workspace
     env = {**env, "MLFLOW_TRACKING_URI": tracking}
-    repo = tiny_repo(tmp_path / "repo", env)
+    repo = tiny_repo(tmp_path / "repo", env, log_model=False)
     run(["dvc", "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "baseline"], repo, env)

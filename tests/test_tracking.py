@@ -24,7 +24,7 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     assert "git_commit" in run.data.tags and len(run.data.tags["model_sha256"]) == 64
     assert run.info.run_name.startswith("resnet18-32px-1x2")
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"predictions", "checkpoint", "evaluate"} <= top
+    assert {"predictions", "checkpoint", "test"} <= top
     sheets = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]
     assert sheets and sheets[0].endswith(".png")
     versions = client.search_model_versions("name='fgbg-mask-depth'")

@@ -15,8 +15,6 @@ the same composites), captures_samples.csv and captures_sheet.png (the worst pai
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 from pathlib import Path
@@ -25,9 +23,10 @@ import numpy as np
 
 from fgbg.capture_pairs import CONDITIONS, CapturePair, capture_pairs, real_photos
 from fgbg.config import CapturesParams, MlflowParams, resolve_device
-from fgbg.images import atomic_write_bytes, contact_sheet, encode_png
+from fgbg.images import contact_sheet
 from fgbg.model import LoadedModel, load_model
 from fgbg.predict import align_bg, predict_batch, trained_tolerance_px
+from fgbg.tracking import record_results
 
 TRIPOD = ("shift", "photometric", "shadow", "tripod")
 CHECKS = (*CONDITIONS, "handheld_unaligned")
@@ -103,19 +102,8 @@ def run_check_captures(
                 worst[check] = (record["iou"], pair, pred)
     result = summarise(rows)
     result["align_tolerance_px"] = round(tolerance, 3)
-    atomic_write_bytes(out_dir / "captures.json", json.dumps(result, indent=2).encode() + b"\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, SAMPLE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in SAMPLE_FIELDS} for r in rows)
-    atomic_write_bytes(out_dir / "captures_samples.csv", buf.getvalue().encode())
     sheet = worst_sheet([worst[c] for c in CHECKS if c in worst])
-    atomic_write_bytes(out_dir / "captures_sheet.png", encode_png(sheet, 6))
-    if mlflow is not None:
-        from fgbg.tracking import log_evaluation
-
-        files = [out_dir / n for n in ("captures.json", "captures_samples.csv", "captures_sheet.png")]
-        log_evaluation(mlflow, Path(model_path), result, files, "captures", "captures")
+    record_results(out_dir, "captures", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))
     log(json.dumps(result))
     return result
 

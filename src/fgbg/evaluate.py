@@ -6,8 +6,6 @@ both draw.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +16,11 @@ import torch
 from fgbg.config import EvaluateParams, LossWeights, MlflowParams, resolve_device
 from fgbg.convention import unit_to_u16
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
-from fgbg.images import atomic_write_bytes, contact_sheet, encode_png
+from fgbg.images import contact_sheet
 from fgbg.losses import total_loss
 from fgbg.metrics import DEPTH_METRICS, MASK_METRICS, depth_metrics, mask_metrics
 from fgbg.model import Outputs, infer, load_model
+from fgbg.tracking import record_results
 
 SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS]
 
@@ -103,19 +102,8 @@ def run_evaluate(
         **{k: float(np.mean([r[k] for r in rows])) for k in SAMPLE_FIELDS[1:]},
     }
     result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
-    atomic_write_bytes(out_dir / "test.json", json.dumps(result, indent=2).encode() + b"\n")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, SAMPLE_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    atomic_write_bytes(out_dir / "test_samples.csv", buf.getvalue().encode())
     sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
-    atomic_write_bytes(out_dir / "test_sheet.png", encode_png(sheet, 6))
-    if mlflow is not None:
-        from fgbg.tracking import log_evaluation
-
-        files = [out_dir / name for name in ("test.json", "test_samples.csv", "test_sheet.png")]
-        log_evaluation(mlflow, Path(model_path), result, files, "test", "evaluate")
+    record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))
     log(json.dumps(result))
     return result
 

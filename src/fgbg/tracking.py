@@ -4,6 +4,9 @@ before mlflow is imported, for every caller (offline machines: no phoning home).
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 
 from fgbg.config import MlflowParams, TrainParams
+from fgbg.images import atomic_write_bytes, encode_png
 from fgbg.model import PackedDeployable, load_model
 from fgbg.shards import file_sha256
 
@@ -146,3 +150,24 @@ def log_evaluation(
         for path in artifacts:
             mlflow.log_artifact(str(path), artifact_dir)
     return runs[0].info.run_id
+
+
+def record_results(
+    out_dir: Path, name: str, result: dict, rows: list[dict], fields: tuple[str, ...], sheet: np.ndarray,
+    mlflow: MlflowParams | None, model_path: Path,
+) -> list[Path]:  # fmt: skip
+    """An evaluation's files — `<name>.json` (means, DVC metrics), `<name>_samples.csv` (one row per
+    sample), `<name>_sheet.png` — written atomically, then logged into the model's MLflow run
+    (metrics prefixed `<name>_`, files under `<name>/`) when `mlflow` is given."""
+    out_dir = Path(out_dir)
+    files = [out_dir / f"{name}.json", out_dir / f"{name}_samples.csv", out_dir / f"{name}_sheet.png"]
+    atomic_write_bytes(files[0], json.dumps(result, indent=2).encode() + b"\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in fields} for r in rows)
+    atomic_write_bytes(files[1], buf.getvalue().encode())
+    atomic_write_bytes(files[2], encode_png(sheet, 6))
+    if mlflow is not None:
+        log_evaluation(mlflow, Path(model_path), result, files, name, name)
+    return files
