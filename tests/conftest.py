@@ -84,6 +84,7 @@ def _migrated_mlflow_db() -> Path:
 def fresh_mlflow_uri(folder: Path) -> str:
     """A test's own, empty MLflow store (a copy of the migrated one)."""
     db = Path(folder) / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     if not db.exists():
         shutil.copyfile(_migrated_mlflow_db(), db)
     return f"sqlite:///{db}"
