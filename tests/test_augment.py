@@ -162,6 +162,22 @@ def test_unpicked_samples_are_bit_identical():
     assert not torch.equal(out.bg[picked], batch.bg[picked])
 
 
+def test_clean_fraction_leaves_whole_pairs_untouched_and_keeps_the_other_draws():
+    """`clean` pairs are bit-identical to the input in both shots; the rest get exactly the
+    perturbation they get with `clean: 0` (the clean coins are drawn last; noise is left out: its
+    field is drawn for the picked samples together)."""
+    everything = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1},
+                  "noise": {"p": 0}, "shadow": {"p": 1}}  # fmt: skip
+    batch = scene(32)
+    out = CaptureAugment(only(**everything, clean=0.5), seed=4)(batch)
+    full = CaptureAugment(only(**everything), seed=4)(batch)
+    kept = torch.tensor([torch.equal(out.bg[i], batch.bg[i]) for i in range(32)])
+    assert 6 < kept.sum() < 26
+    assert torch.equal(out.fg_bg[kept], batch.fg_bg[kept])
+    assert torch.equal(out.bg[~kept], full.bg[~kept]) and torch.equal(out.fg_bg[~kept], full.fg_bg[~kept])
+    assert not torch.equal(full.bg[kept], batch.bg[kept])
+
+
 def test_same_seed_same_batch_other_seed_or_rank_differs():
     everything = only(
         misalign={"p": 1}, photometric={"p_bg": 1, "p_fg_bg": 1}, blur={"p": 1}, noise={"p": 1}, shadow={"p": 1}

@@ -10,6 +10,9 @@ perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
   they describe fg_bg's scene;
 - photometric, blur, noise: on each shot independently, in the order a camera applies them.
 
+A `clean` fraction of the pairs is left exactly as composed: tripod pairs with locked exposure are
+nearly identical, and a model that never sees identical pairs stops trusting faint differences.
+
 Every random number comes from one CPU generator seeded from (seed, rank), as small per-sample
 parameter tensors sent to the device in one copy, so the parameters are the same on any device and
 `get_state`/`set_state` resume exactly. The one exception is the noise field itself (B×3×H×W: too
@@ -116,6 +119,8 @@ class CaptureAugment:
         shadow, strength = unit(b) < sh.p, between(sh.strength, b)
         shadow_offset, squash, shear = sym(sh.offset, b, 2), between(sh.squash, b), sym(sh.shear, b)
         shadow_blur = between(sh.blur, b)
+        perturb = unit(b) >= p.clean  # drawn last, so `clean: 0` keeps every earlier stream as it was
+        misalign, photometric, blur, noise, shadow = (c & perturb for c in (misalign, photometric, blur, noise, shadow))
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
                      noise_sigma, noise_seed, shadow, strength, shadow_offset, squash, shear, shadow_blur)  # fmt: skip
 

@@ -222,6 +222,7 @@ class AugmentParams(_Section):
     (DESIGN.md §9), so camera shift, exposure, noise and shadows are not read as object."""
 
     enabled: bool = True
+    clean: float = Field(0.0, ge=0.0, le=1.0)  # fraction of pairs left exactly as composed (the tripod ideal)
     misalign: MisalignParams = MisalignParams()
     photometric: PhotometricParams = PhotometricParams()
     blur: BlurParams = BlurParams()
