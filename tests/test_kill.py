@@ -3,6 +3,7 @@ outputs are byte-identical to an uninterrupted run (train: the same weights, via
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -91,8 +92,17 @@ def kill_and_rerun(stage_args: list[str], tmp_path: Path, expected: Path, kill_p
         kill_after(cmd, tmp_path, until=journal_has(out, n))
         assert not (out / MANIFEST).exists(), n  # killed before the end
         assert journal_has(out, n)(), n  # ... and after the Nth shard
+        finished = {}
+        for line in (out / JOURNAL).read_text().splitlines():
+            try:
+                path = out / json.loads(line)["path"]
+            except json.JSONDecodeError:
+                continue  # the line the kill cut short
+            finished[path] = (path.stat().st_ino, path.stat().st_mtime_ns)
         run_ok(cmd, tmp_path)
         assert hashes(out) == hashes(expected), n
+        # it resumed: the shards finished before the kill were verified and kept, not rebuilt
+        assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in finished} == finished, n
 
 
 def test_compose_killed_anywhere_reruns_to_identical_shards(tiny_prepared, reference, params_file, tmp_path):

@@ -27,6 +27,18 @@ DEPTH = Path("data/depth")
 STATS = Path("data/stats.json")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.")]
+PartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--part",
+        help="Build only part I/N of the shards (I from 0), e.g. one Slurm array task; 'all' = the whole "
+        "stage. Default: from $SLURM_ARRAY_TASK_ID/_COUNT, $JOB_COMPLETION_INDEX or torchrun's "
+        "RANK/WORLD_SIZE, else the whole stage, which also merges the parts' shards.",
+    ),
+]
+PartsOpt = Annotated[
+    int | None, typer.Option("--parts", min=1, help="Number of parts for $JOB_COMPLETION_INDEX (or $FGBG_PARTS).")
+]
 JobsOpt = Annotated[int | None, typer.Option("--jobs", "-j", help="Worker processes (default: the param; 0 = cores).")]
 
 
@@ -81,18 +93,24 @@ def compose(
     prepared: Path = PREPARED,
     out: Path = COMPOSITES,
     jobs: JobsOpt = None,
+    part: PartOpt = None,
+    parts: PartsOpt = None,
 ) -> None:
     """Paste every fg (and its mirror) on every bg → fg_bg JPEG + mask PNG tar shards + index.
 
     Resumable: rerun after a kill and finished shards are verified and kept. Output bytes do not
-    depend on --jobs.
+    depend on --jobs, nor on how many parts built them (README "Past one machine").
     """
     from fgbg.compose import run_compose
+    from fgbg.parts import resolve_part, run_in_parts
 
     p = _params(params)
     cfg = p.compose if jobs is None else p.compose.model_copy(update={"jobs": jobs})
-    manifest = run_compose(cfg, p.split, prepared, out)
-    typer.echo(f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True)
+    manifest = run_in_parts(
+        lambda share: run_compose(cfg, p.split, prepared, out, share, log=_log), resolve_part(part, parts), _log
+    )
+    if manifest is not None:
+        typer.echo(f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True)
 
 
 @app.command()
@@ -103,14 +121,23 @@ def depth(
     composites: Path = COMPOSITES,
     out: Path = DEPTH,
     jobs: JobsOpt = None,
+    part: PartOpt = None,
+    parts: PartsOpt = None,
 ) -> None:
-    """Depth map for every composite (16-bit inverse depth PNG shards keyed like the composites)."""
+    """Depth map for every composite (16-bit inverse depth PNG shards keyed like the composites).
+
+    On G GPUs: `torchrun --nproc_per_node G -m fgbg.cli depth` (one part per rank, rank 0 merges).
+    """
     from fgbg.depth import run_depth
+    from fgbg.parts import resolve_part, run_in_parts
 
     p = _params(params)
     cfg = p.depth if jobs is None else p.depth.model_copy(update={"jobs": jobs})
-    manifest = run_depth(cfg, prepared, composites, out)
-    typer.echo(f"depth: {manifest['samples']} maps in {len(manifest['shards'])} shards → {out}", err=True)
+    manifest = run_in_parts(
+        lambda share: run_depth(cfg, prepared, composites, out, share, log=_log), resolve_part(part, parts), _log
+    )
+    if manifest is not None:
+        typer.echo(f"depth: {manifest['samples']} maps in {len(manifest['shards'])} shards → {out}", err=True)
 
 
 @app.command("depth-agreement")

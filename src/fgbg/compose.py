@@ -27,6 +27,7 @@ from fgbg.images import (
     mask_from_alpha,
     premultiply,
 )
+from fgbg.parts import Part
 from fgbg.prepared import INDEX, INDEX_FIELDS, SPLITS, PreparedSet, fg_variant, sample_key
 from fgbg.shards import (
     PREVIEW,
@@ -187,8 +188,11 @@ class Composer:
 # ---------------------------------------------------------------- stage
 
 
-def run_compose(compose: ComposeParams, split: SplitParams, prepared_dir: Path, out_dir: Path) -> dict:
-    """Build the composite shards, index.csv, shards.json and preview.png in `out_dir`."""
+def run_compose(
+    compose: ComposeParams, split: SplitParams, prepared_dir: Path, out_dir: Path, part: Part | None = None, log=print
+) -> dict:
+    """Build the composite shards, index.csv, shards.json and preview.png in `out_dir`; with a
+    `part`, only that part's shards (fgbg.parts): the plain run merges them."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     ps = PreparedSet(prepared_dir, split)
     plan = make_plan(ps, compose)
@@ -205,9 +209,13 @@ def run_compose(compose: ComposeParams, split: SplitParams, prepared_dir: Path, 
         partial(Composer, prepared_dir, split, compose.jpeg_quality),
         fingerprint=fingerprint,
         jobs=resolve_jobs(compose.jobs),
-        desc="compose",
+        desc="compose" if part is None else f"compose part {part}",
         keep=(INDEX, PREVIEW, "shards.json"),
+        part=part,
+        log=log,
     )
+    if part is not None:
+        return {"part": str(part), "shards": len(records), "samples": sum(r.samples for r in records.values())}
     _write_index(out_dir, ps, tasks)
     picked = preview_samples(out_dir, [t.name for t in tasks], compose.preview_samples)
     preview = [[ps.bg_of(key), decode(files["jpg"]), decode(files["mask.png"])] for _, key, files in picked]

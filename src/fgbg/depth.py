@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fgbg.config import DepthParams, resolve_jobs
 from fgbg.convention import DEPTH_CONVENTION
 from fgbg.images import MASK_THRESHOLD, decode, encode_png
+from fgbg.parts import Part
 from fgbg.prepared import PreparedSet, fg_variant, iter_index, parse_key, sample_key
 from fgbg.shards import (
     PREVIEW,
@@ -125,23 +126,32 @@ _ROW_FIELDS = ("flip", "position", "x", "y", "w", "h")
 
 
 class ShardImages(IterableDataset):
-    """Decoded fg_bg images of whole shards; each DataLoader worker takes every n-th shard.
+    """Batches of decoded fg_bg images, never crossing a shard; each DataLoader worker takes every
+    n-th shard.
 
-    Yields (shard, index in shard, shard length, key, uint8 H×W×3 tensor): only uint8 pixels
-    cross the process boundary, and batches are made inside one worker, so their composition
-    (and the teacher's output) does not depend on timing.
+    Yields (shard names, index in shard, shard length, keys, uint8 B×H×W×3 tensor): only uint8
+    pixels cross the process boundary, and a batch is a fixed slice of one shard, so its
+    composition (and the teacher's output) depends neither on timing nor on how the shards are
+    split over workers, parts or GPUs.
     """
 
-    def __init__(self, composites_dir: Path, shard_names: list[str]):
-        self.dir, self.names = Path(composites_dir), list(shard_names)
+    def __init__(self, composites_dir: Path, shard_names: list[str], batch_size: int):
+        self.dir, self.names, self.batch_size = Path(composites_dir), list(shard_names), batch_size
 
     def __iter__(self):
         info = get_worker_info()
         names = self.names if info is None else self.names[info.id :: info.num_workers]
         for name in names:
-            samples = [(key, files["jpg"]) for key, files in iter_shard(self.dir / name)]
-            for i, (key, jpg) in enumerate(samples):
-                yield name, i, len(samples), key, torch.from_numpy(decode(jpg))
+            samples = list(iter_shard(self.dir / name))
+            for start in range(0, len(samples), self.batch_size):
+                batch = samples[start : start + self.batch_size]
+                yield (
+                    [name] * len(batch),
+                    torch.arange(start, start + len(batch)),
+                    torch.full((len(batch),), len(samples)),
+                    [key for key, _ in batch],
+                    torch.from_numpy(np.stack([decode(files["jpg"]) for _, files in batch])),
+                )
 
 
 def _run_per_image(params: DepthParams, teacher: DepthTeacher, composites_dir: Path, journal: ShardJournal) -> None:
@@ -150,8 +160,8 @@ def _run_per_image(params: DepthParams, teacher: DepthTeacher, composites_dir: P
         return
     workers = min(params.teacher.workers, len(journal.todo))
     loader = DataLoader(
-        ShardImages(composites_dir, journal.todo),
-        batch_size=params.teacher.batch_size,
+        ShardImages(composites_dir, journal.todo, params.teacher.batch_size),
+        batch_size=None,  # the dataset batches (within a shard)
         num_workers=workers,
         pin_memory=teacher.device.type == "cuda",
         prefetch_factor=4 if workers else None,
@@ -194,8 +204,11 @@ def _run_per_image(params: DepthParams, teacher: DepthTeacher, composites_dir: P
 # ---------------------------------------------------------------- stage
 
 
-def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out_dir: Path) -> dict:
-    """One depth shard per composite shard, same name and keys; shards.json; preview.png."""
+def run_depth(
+    params: DepthParams, prepared_dir: Path, composites_dir: Path, out_dir: Path, part: Part | None = None, log=print
+) -> dict:
+    """One depth shard per composite shard, same name and keys; shards.json; preview.png. With a
+    `part`, only that part's shards (fgbg.parts): the plain run merges them."""
     prepared_dir, composites_dir, out_dir = Path(prepared_dir), Path(composites_dir), Path(out_dir)
     composites = read_manifest(composites_dir)
     names = sorted(composites["shards"])
@@ -209,7 +222,7 @@ def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out
     keep = (PREVIEW, "shards.json")
     teacher = load_teacher(params) if params.source == "teacher" else None  # fail before touching outputs
     if params.mode == "per_image":
-        journal = ShardJournal(out_dir, names, fingerprint, keep)
+        journal = ShardJournal(out_dir, names, fingerprint, keep, part, log)
         try:
             _run_per_image(params, teacher, composites_dir, journal)
         finally:
@@ -223,9 +236,13 @@ def run_depth(params: DepthParams, prepared_dir: Path, composites_dir: Path, out
             partial(DepthPaster, prepared_dir, params.png_compression, bg_depth_maps(ps, params, teacher)),
             fingerprint=fingerprint,
             jobs=resolve_jobs(params.jobs),
-            desc="depth",
+            desc="depth" if part is None else f"depth part {part}",
             keep=keep,
+            part=part,
+            log=log,
         )
+    if part is not None:
+        return {"part": str(part), "shards": len(records), "samples": sum(r.samples for r in records.values())}
     preview = _preview_rows(out_dir, composites_dir, prepared_dir, names, params.preview_samples)
     manifest = finish_stage(out_dir, fingerprint, records, preview)
     manifest["convention"] = DEPTH_CONVENTION

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fgbg.images import atomic_write_bytes, contact_sheet, encode_png, open_temp_beside, remove_stale_temps
+from fgbg.parts import Part
 
 MANIFEST = "shards.json"
 PREVIEW = "preview.png"
@@ -152,31 +153,59 @@ class ShardJournal:
     """Resume bookkeeping for a stage that writes named shards into `out_dir`.
 
     On open: removes temp files and files that are not wanted, and keeps shards a finished
-    manifest or a killed run's journal (same `fingerprint`: params + inputs) vouches for, after
-    checking size and sha256. `record()` journals each finished shard as it lands.
+    manifest or a journal of a killed run or of a part (same `fingerprint`: params + inputs)
+    vouches for, after checking size and sha256; shards that fail the check are rebuilt and named
+    through `log`. `record()` journals each finished shard as it lands. With a `part`, only that
+    part's shards are considered and nothing else in the folder is touched (other parts may be
+    writing there now); it journals into its own file.
     """
 
-    def __init__(self, out_dir: Path, names: Sequence[str], fingerprint: str, keep: Sequence[str] = ()):
+    def __init__(
+        self,
+        out_dir: Path,
+        names: Sequence[str],
+        fingerprint: str,
+        keep: Sequence[str] = (),
+        part: Part | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.out_dir = Path(out_dir)
         self.fingerprint = fingerprint
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.out_dir)
+        if part is None:
+            remove_stale_temps(self.out_dir)
+            wanted = set(names)
+            for f in sorted(self.out_dir.rglob("*")):
+                rel = f.relative_to(self.out_dir).as_posix()
+                if f.is_file() and rel not in wanted and rel not in keep and not _is_journal(rel):
+                    f.unlink()
+        else:
+            names = part.select(names)
+            for name in names:  # this part's own leftovers only (temp names from open_temp_beside)
+                path = self.out_dir / name
+                for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
         reusable = _reusable_records(self.out_dir, fingerprint)
-        wanted = set(names)
-        for f in sorted(self.out_dir.rglob("*")):
-            rel = f.relative_to(self.out_dir).as_posix()
-            if f.is_file() and rel not in wanted and rel not in keep and rel != JOURNAL:
-                f.unlink()
         self.done: dict[str, ShardRecord] = {}
         self.todo: list[str] = []
+        damaged = []
         for name in names:
-            rec = reusable.get(name)
+            rec, origin = reusable.get(name, (None, None))
             if rec is not None and verify_shard(self.out_dir / name, rec):
                 self.done[name] = rec
             else:
+                if rec is not None and origin != JOURNAL:
+                    damaged.append(f"{name} ({origin})")
                 (self.out_dir / name).unlink(missing_ok=True)
                 self.todo.append(name)
-        self._file = open(self.out_dir / JOURNAL, "a")
+        if damaged:
+            log(f"{self.out_dir}: {len(damaged)} shard(s) missing or not matching their journal (size/sha256), "
+                f"rebuilt here: {', '.join(damaged)}")  # fmt: skip
+        if part is None and self.todo:
+            for label in _absent_parts(self.out_dir):
+                log(f"{self.out_dir}: {label} left no journal (never ran, or not on this filesystem): its shards "
+                    "are built here")  # fmt: skip
+        self._file = open(self.out_dir / (part.journal if part else JOURNAL), "a")
 
     def record(self, name: str, rec: ShardRecord) -> None:
         self.done[name] = rec
@@ -186,6 +215,10 @@ class ShardJournal:
     def close(self) -> dict[str, ShardRecord]:
         self._file.close()
         return {name: self.done[name] for name in sorted(self.done)}
+
+
+def _is_journal(rel: str) -> bool:
+    return rel == JOURNAL or (rel.startswith(".journal.part-") and rel.endswith(".jsonl"))
 
 
 Filler = Callable[[ShardWriter, Any], None]
@@ -210,18 +243,23 @@ def build_shards(
     jobs: int,
     desc: str = "shards",
     keep: Sequence[str] = (),
+    part: Part | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, ShardRecord]:
     """Build every task's shard in `out_dir` with `jobs` processes; reuse verified ones.
 
     `make_filler()` runs once per worker process (e.g. a class holding the prepared images,
     its inputs given explicitly as constructor arguments); the filler it returns writes one
     shard's samples with `filler(writer, task.payload)`. A killed run resumes where it stopped
-    and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`.
+    and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`. With a
+    `part`, only that part's shards are built (fgbg.parts); the records returned are its own.
     """
-    journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep)
+    journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep, part, log)
     pending = set(journal.todo)
     todo = [t for t in tasks if t.name in pending]
-    bar = tqdm(total=len(tasks), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(journal.done) + len(todo), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True
+    )
     try:
         if jobs <= 1 or len(todo) <= 1:
             fill = make_filler() if todo else None
@@ -251,26 +289,49 @@ def _build_one(out_dir: Path, task: ShardTask, fill: Filler) -> ShardRecord:
     return writer.commit()
 
 
-def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, ShardRecord]:
-    """Shard records from a finished manifest or a killed run's journal with the same inputs."""
-    records: dict[str, ShardRecord] = {}
+def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, tuple[ShardRecord, str]]:
+    """Shard records (and where each came from) in a finished manifest, a killed run's journal
+    or the parts' journals, written with the same inputs."""
+    records: dict[str, tuple[ShardRecord, str]] = {}
     try:
         manifest = read_manifest(out_dir)
         if manifest.get("fingerprint") == fingerprint:
             for path, rec in manifest["shards"].items():
-                records[path] = ShardRecord(**rec)
+                records[path] = (ShardRecord(**rec), MANIFEST)
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         pass
-    journal = out_dir / JOURNAL
-    if journal.exists():
+    for journal in sorted(out_dir.glob(".journal*.jsonl")):
+        if not _is_journal(journal.name):
+            continue
+        origin = JOURNAL if journal.name == JOURNAL else _part_label(journal.name)
         for line in journal.read_text().splitlines():
             try:
                 entry = json.loads(line)
+                path = entry.pop("path")  # before ShardRecord(**entry): a subscript is evaluated last
                 if entry.pop("fingerprint") == fingerprint:
-                    records[entry.pop("path")] = ShardRecord(**entry)
+                    records[path] = (ShardRecord(**entry), origin)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a kill
     return records
+
+
+def _absent_parts(out_dir: Path) -> list[str]:
+    """Parts of a split run (N known from any part's journal) whose journal is not in `out_dir`."""
+    seen: dict[int, set[int]] = {}
+    for journal in out_dir.glob(".journal.part-*.jsonl"):
+        index, count = _part_of(journal.name)
+        seen.setdefault(count, set()).add(index)
+    return [f"part {i}/{n}" for n, indices in sorted(seen.items()) for i in range(n) if i not in indices]
+
+
+def _part_of(journal_name: str) -> tuple[int, int]:
+    index, count = journal_name.removeprefix(".journal.part-").removesuffix(".jsonl").split("-of-")
+    return int(index), int(count)
+
+
+def _part_label(journal_name: str) -> str:
+    """`.journal.part-0001-of-0004.jsonl` → `part 1/4`."""
+    return "part {}/{}".format(*_part_of(journal_name))
 
 
 def write_manifest(out_dir: Path, fingerprint: str, records: dict[str, ShardRecord]) -> None:
@@ -281,7 +342,9 @@ def write_manifest(out_dir: Path, fingerprint: str, records: dict[str, ShardReco
         "shards": {path: asdict(r) for path, r in sorted(records.items())},
     }
     atomic_write_bytes(Path(out_dir) / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
-    (Path(out_dir) / JOURNAL).unlink(missing_ok=True)
+    for journal in Path(out_dir).glob(".journal*.jsonl"):  # the run's and the parts': no longer needed
+        if _is_journal(journal.name):
+            journal.unlink(missing_ok=True)
 
 
 def fingerprint_of(*parts: Any) -> str:

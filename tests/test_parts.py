@@ -1,0 +1,174 @@
+"""Parts: a shard stage built by several processes (Slurm array, Kubernetes Indexed Job, torchrun)
+into one folder, then merged, gives the bytes one machine gives; a lost or damaged part is rebuilt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_COMPOSE, TINY_SPLIT
+
+from fgbg.parts import TORCHRUN, Part, parse_part, resolve_part
+from fgbg.shards import read_manifest
+
+PARAMS = f"""\
+split: {{train: {TINY_SPLIT.train}, val: {TINY_SPLIT.val}, test: {TINY_SPLIT.test}}}
+compose: {{positions: {TINY_COMPOSE.positions}, shard_size: {TINY_COMPOSE.shard_size}, jobs: 1, preview_samples: 4}}
+depth: {{jobs: 1, preview_samples: 4}}
+"""
+
+
+def stamps(paths) -> dict[Path, tuple[int, int]]:
+    """Inode and mtime: unchanged means the file was kept, not written again."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def fgbg(*args: str, env: dict | None = None, wait: bool = True):
+    """`python -m fgbg.cli …` in its own process (as a scheduler would start it)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fgbg.cli", *args],
+        env={**clean, "HF_HUB_OFFLINE": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return finish(proc) if wait else proc
+
+
+def finish(proc: subprocess.Popen) -> str:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return err
+
+
+@pytest.fixture
+def params(tmp_path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS)
+    return path
+
+
+def test_part_parsing_and_every_scheduler_environment():
+    assert parse_part("1/4") == Part(1, 4) and parse_part(" 0 / 1 ") == Part(0, 1) and parse_part("all") is None
+    assert Part(2, 5).select(list("abcdefghijkl")) == ["c", "h"]
+    assert resolve_part(None, env={}) is None
+    slurm = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert resolve_part(None, env=slurm) == Part(2, 4, "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT")
+    assert resolve_part(None, env={"JOB_COMPLETION_INDEX": "2", "FGBG_PARTS": "3"}) == Part(
+        2, 3, "JOB_COMPLETION_INDEX"
+    )
+    assert resolve_part(None, 5, env={"JOB_COMPLETION_INDEX": "4"}).count == 5
+    assert resolve_part(None, env={"RANK": "1", "WORLD_SIZE": "2"}) == Part(1, 2, TORCHRUN)
+    assert resolve_part(None, env={"RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: the whole stage
+    assert resolve_part("all", env=slurm) is None and resolve_part("0/2", env=slurm) == Part(0, 2)
+    for bad, message in [
+        (lambda: parse_part("4/4"), "need 0 ≤ I < N"),
+        (lambda: parse_part("1-4"), "expected I/N"),
+        (lambda: resolve_part(None, env={"JOB_COMPLETION_INDEX": "1"}), "--parts N or $FGBG_PARTS"),
+        (lambda: resolve_part(None, env={"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}), "whole number"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("$", r"\$")):
+            bad()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_compose_parts_run_at_once_then_merged_equal_one_run(count, params, tiny_prepared, tiny_composites, tmp_path):
+    out = tmp_path / "composites"
+    procs = [fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out),
+                  "--part", f"{i}/{count}", wait=False) for i in range(count)]  # fmt: skip
+    for proc in procs:
+        finish(proc)
+    names = sorted(read_manifest(tiny_composites)["shards"])
+    built = sorted(f.relative_to(out).as_posix() for f in out.rglob("*.tar"))
+    assert built == names  # every shard, by exactly one part
+    assert not (out / "shards.json").exists()  # a part alone is not a finished stage (dvc sees no output)
+    assert len(list(out.glob(".journal.part-*.jsonl"))) == count
+    parts_wrote = stamps(out.rglob("*.tar"))
+    err = fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out))
+    assert "rebuilt" not in err
+    assert stamps(parts_wrote) == parts_wrote  # the merge verified the parts' shards and kept them
+    assert files_of(out) == files_of(tiny_composites)  # shards, index, manifest, preview; no journals left
+
+
+def test_parts_from_slurm_and_kubernetes_environments_merge_to_one_run(
+    params, tiny_prepared, tiny_composites, tmp_path
+):
+    for name, envs in {
+        "slurm": [{"SLURM_ARRAY_TASK_ID": str(i + 1), "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "2"}
+                  for i in range(2)],
+        "k8s": [{"JOB_COMPLETION_INDEX": str(i), "FGBG_PARTS": "2"} for i in range(2)],
+    }.items():  # fmt: skip
+        out = tmp_path / name
+        for index, env in enumerate(envs):
+            err = fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out), env=env)
+            assert f"part {index}/2 (from" in err
+        assert not (out / "shards.json").exists()
+        fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out), "--part", "all",
+             env=envs[0])  # fmt: skip
+        assert files_of(out) == files_of(tiny_composites), name
+
+
+def test_a_lost_or_truncated_part_is_rebuilt_by_the_merge_and_named(params, tiny_prepared, tiny_composites, tmp_path):
+    out = tmp_path / "composites"
+    for i in range(3):
+        fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out), "--part", f"{i}/3")
+    journaled = [[json.loads(line)["path"] for line in (out / Part(i, 3).journal).read_text().splitlines()]
+                 for i in range(3)]  # fmt: skip
+    part1, part2 = journaled[1], journaled[2]
+    assert part1 and part2
+    for name in part1:  # part 1's node died after writing: shards truncated, journal kept
+        path = out / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for name in part2:  # part 2 never ran at all
+        (out / name).unlink()
+    (out / Part(2, 3).journal).unlink()
+    intact = stamps(out / name for name in journaled[0])
+    err = fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out))
+    for name in part1:
+        assert f"{name} (part 1/3)" in err
+    assert "part 2/3 left no journal" in err
+    assert stamps(intact) == intact
+    assert files_of(out) == files_of(tiny_composites)
+
+
+def test_depth_parts_merge_to_one_run(params, tiny_prepared, tiny_composites, tiny_depth, tmp_path):
+    out = tmp_path / "depth"
+    common = ("depth", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites))
+    for proc in [fgbg(*common, "--out", str(out), "--part", f"{i}/2", wait=False) for i in range(2)]:
+        finish(proc)
+    assert not (out / "shards.json").exists()
+    fgbg(*common, "--out", str(out))
+    assert files_of(out) == files_of(tiny_depth)
+
+
+def test_teacher_depth_under_torchrun_two_ranks_equals_one_process(tiny_prepared, tiny_composites, tmp_path):
+    """Per-image teacher depth split over two torchrun ranks (gloo, CPU), rank 0 merging."""
+    pytest.importorskip("transformers")
+    from fgbg.teacher import save_random_depth_anything
+
+    teacher = save_random_depth_anything(tmp_path / "teacher", "tiny")
+    cfg = dict(model=str(teacher), resolution=56, batch_size=16, device="cpu", workers=1)
+    params = tmp_path / "params.yaml"
+    params.write_text("depth:\n  source: teacher\n  mode: per_image\n  jobs: 1\n  preview_samples: 4\n  teacher:\n"
+                      + "".join(f"    {k}: {v}\n" for k, v in cfg.items()))  # fmt: skip
+    common = ("depth", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites))
+    threads = {"OMP_NUM_THREADS": "1"}  # as torchrun sets it: CPU float sums depend on the thread count
+    fgbg(*common, "--out", str(tmp_path / "one"), env=threads)
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
+    res = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "fgbg.cli", *common, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **threads},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "part 0/2 (from torchrun" in res.stderr and "part 1/2 (from torchrun" in res.stderr
+    assert files_of(tmp_path / "two") == files_of(tmp_path / "one")
