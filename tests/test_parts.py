@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_COMPOSE, TINY_SPLIT
 
-from fgbg.parts import TORCHRUN, Part, parse_part, resolve_part
-from fgbg.shards import read_manifest
+from fgbg.parts import TORCHRUN, parse_part, resolve_part
+from fgbg.shards import Part, read_manifest
 
 PARAMS = f"""\
 split: {{train: {TINY_SPLIT.train}, val: {TINY_SPLIT.val}, test: {TINY_SPLIT.test}}}

@@ -27,10 +27,10 @@ from fgbg.images import (
     mask_from_alpha,
     premultiply,
 )
-from fgbg.parts import Part
 from fgbg.prepared import INDEX, INDEX_FIELDS, SPLITS, PreparedSet, fg_variant, sample_key
 from fgbg.shards import (
     PREVIEW,
+    Part,
     ShardTask,
     ShardWriter,
     build_shards,

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from fgbg.config import DepthParams, resolve_jobs
 from fgbg.convention import DEPTH_CONVENTION
 from fgbg.images import MASK_THRESHOLD, decode, encode_png
-from fgbg.parts import Part
 from fgbg.prepared import PreparedSet, fg_variant, iter_index, parse_key, sample_key
 from fgbg.shards import (
     PREVIEW,
+    Part,
     ShardJournal,
     ShardTask,
     ShardWriter,

@@ -13,37 +13,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TypeVar
 
+from fgbg.shards import Part
+
 T = TypeVar("T")
 TORCHRUN = "torchrun (RANK / WORLD_SIZE)"
-
-
-@dataclass(frozen=True)
-class Part:
-    """Part `index` (from 0) of `count`; `source` says where it came from, for messages."""
-
-    index: int
-    count: int
-    source: str = "--part"
-
-    def __post_init__(self):
-        if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"part {self.index}/{self.count} from {self.source}: need 0 ≤ I < N (I counts from 0)")
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @property
-    def journal(self) -> str:
-        return f".journal.part-{self.index:04d}-of-{self.count:04d}.jsonl"
-
-    def select(self, items: Sequence[T]) -> list[T]:
-        """This part's share of the stage's shards (in plan order): every N-th from the I-th."""
-        return list(items[self.index :: self.count])
 
 
 def parse_part(text: str) -> Part | None:

@@ -21,7 +21,6 @@ from typing import Any
 from tqdm import tqdm
 
 from fgbg.images import atomic_write_bytes, contact_sheet, encode_png, open_temp_beside, remove_stale_temps
-from fgbg.parts import Part
 
 MANIFEST = "shards.json"
 PREVIEW = "preview.png"
@@ -89,6 +88,31 @@ class ShardWriter:
     def abort(self) -> None:
         self._file.close()
         Path(self._tmp).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Part `index` (from 0) of `count` of a stage's shards, built by one process of several
+    (fgbg.parts); `source` says where it came from, for messages."""
+
+    index: int
+    count: int
+    source: str = "--part"
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"part {self.index}/{self.count} from {self.source}: need 0 ≤ I < N (I counts from 0)")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def journal(self) -> str:
+        return f".journal.part-{self.index:04d}-of-{self.count:04d}.jsonl"
+
+    def select(self, items: Sequence[str]) -> list[str]:
+        """This part's share of the stage's shards (in plan order): every N-th from the I-th."""
+        return list(items[self.index :: self.count])
 
 
 @dataclass(frozen=True)
