@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -120,3 +121,25 @@ def trained(tiny_data, tmp_path_factory):
     result = train_tiny(params, tiny_data, root / "models")
     return SimpleNamespace(model=root / "models" / "model.pt", params=params, run_id=result["mlflow_run_id"],
                            root=root, history=result["history"])  # fmt: skip
+
+
+def isolated_env(tmp_path: Path) -> dict:
+    """Environment for the tools a team test runs (git, dvc, mlflow, fgbg): its own HOME, no
+    telemetry, offline, fake S3 credentials for the local S3 server."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HF_HUB_OFFLINE": "1",
+    }

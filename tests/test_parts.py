@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_COMPOSE, TINY_SPLIT
+import yaml
+from conftest import TINY_COMPOSE, TINY_SPLIT, isolated_env
+from test_pipeline_dvc import ROOT, run, tree_hashes
+from test_team import tiny_repo
 
 from fgbg.parts import TORCHRUN, parse_part, resolve_part
 from fgbg.shards import Part, read_manifest
@@ -32,12 +35,12 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {f.relative_to(folder).as_posix(): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
-def fgbg(*args: str, env: dict | None = None, wait: bool = True):
+def fgbg(*args: str, env_extra: dict | None = None, wait: bool = True):
     """`python -m fgbg.cli …` in its own process (as a scheduler would start it)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fgbg.cli", *args],
-        env={**clean, "HF_HUB_OFFLINE": "1", **(env or {})},
+        env={**clean, "HF_HUB_OFFLINE": "1", **(env_extra or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -109,12 +112,13 @@ def test_parts_from_slurm_and_kubernetes_environments_merge_to_one_run(
         "k8s": [{"JOB_COMPLETION_INDEX": str(i), "FGBG_PARTS": "2"} for i in range(2)],
     }.items():  # fmt: skip
         out = tmp_path / name
-        for index, env in enumerate(envs):
-            err = fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out), env=env)
+        for index, scheduler in enumerate(envs):
+            err = fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out),
+                       env_extra=scheduler)  # fmt: skip
             assert f"part {index}/2 (from" in err
         assert not (out / "shards.json").exists()
         fgbg("compose", "-p", str(params), "--prepared", str(tiny_prepared), "--out", str(out), "--part", "all",
-             env=envs[0])  # fmt: skip
+             env_extra=envs[0])  # fmt: skip
         assert files_of(out) == files_of(tiny_composites), name
 
 
@@ -163,7 +167,7 @@ def test_teacher_depth_under_torchrun_two_ranks_equals_one_process(tiny_prepared
                       + "".join(f"    {k}: {v}\n" for k, v in cfg.items()))  # fmt: skip
     common = ("depth", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites))
     threads = {"OMP_NUM_THREADS": "1"}  # as torchrun sets it: CPU float sums depend on the thread count
-    fgbg(*common, "--out", str(tmp_path / "one"), env=threads)
+    fgbg(*common, "--out", str(tmp_path / "one"), env_extra=threads)
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not on PATH")
     res = subprocess.run(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "fgbg.cli", *common, "--out", str(tmp_path / "two")],
@@ -172,3 +176,42 @@ def test_teacher_depth_under_torchrun_two_ranks_equals_one_process(tiny_prepared
     assert res.returncode == 0, res.stderr[-3000:]
     assert "part 0/2 (from torchrun" in res.stderr and "part 1/2 (from torchrun" in res.stderr
     assert files_of(tmp_path / "two") == files_of(tmp_path / "one")
+
+
+@pytest.mark.slow
+def test_launchers_run_their_bodies_then_finish_commits_and_pushes_to_dvc(tmp_path):
+    """deploy/: the Slurm array body run as two array tasks and the Kubernetes Indexed Job's command
+    as two pods (real schedulers are not in CI: `bash -n` and the bodies with their variables set),
+    then the finish step: the stage is up to date for `dvc repro` and its data is on the remote."""
+    env = isolated_env(tmp_path)
+    repo = tiny_repo(tmp_path / "repo", env, log_model=False)
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
+    run(["dvc", "repro", "prepare"], repo, env)
+    slurm = ROOT / "deploy" / "slurm"
+    for script in sorted(slurm.glob("*.sbatch")):
+        run(["bash", "-n", str(script)], tmp_path, env)
+    submit = {**env, "SLURM_SUBMIT_DIR": str(repo), "SLURM_CPUS_PER_TASK": "1"}
+    for i in range(2):
+        array = {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+        assert f"part {i}/2 (from SLURM" in run(["bash", str(slurm / "compose.sbatch")], tmp_path, {**submit, **array})
+    composites = repo / "data" / "composites"
+    assert not (composites / "shards.json").exists()
+    run(["bash", str(slurm / "finish.sbatch"), "compose"], tmp_path, submit)
+    assert "didn't change" in run(["dvc", "repro", "compose"], repo, env)
+    assert "in sync" in run(["dvc", "status", "--cloud", "compose"], repo, env)
+    after_slurm = tree_hashes(composites)
+
+    job, finish_job = (yaml.safe_load((ROOT / "deploy" / "k8s" / name).read_text())
+                       for name in ("compose-job.yaml", "finish-job.yaml"))  # fmt: skip
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    (pod,) = spec["template"]["spec"]["containers"]
+    pod_env = {e["name"]: e["value"] for e in pod["env"]}
+    assert int(pod_env["FGBG_PARTS"]) == spec["completions"]
+    shutil.rmtree(composites)
+    for i in range(2):  # two of the job's pods (FGBG_PARTS=2 here: the tiny set has 3 shards)
+        pod_run = {**env, **pod_env, "FGBG_PARTS": "2", "JOB_COMPLETION_INDEX": str(i)}
+        run(pod["command"], repo, pod_run)
+    run(finish_job["spec"]["template"]["spec"]["containers"][0]["command"], repo, env)
+    assert tree_hashes(composites) == after_slurm
+    assert "didn't change" in run(["dvc", "repro", "compose"], repo, env)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import isolated_env
 from test_pipeline_dvc import ROOT, run, tree_hashes
 
 pytestmark = pytest.mark.slow
@@ -49,23 +50,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def env(tmp_path) -> dict:
-    home = tmp_path / "home"
-    home.mkdir()
-    return {
-        **os.environ,
-        "HOME": str(home),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return isolated_env(tmp_path)
 
 
 def tiny_repo(path: Path, env: dict, log_model: bool = True) -> Path:
