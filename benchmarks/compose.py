@@ -2,6 +2,8 @@
 
     python benchmarks/compose.py                 # 400k triplets: 100 bg x 100 fg x 2 x 20
     python benchmarks/compose.py --n 40000       # quicker: fewer positions
+    python benchmarks/compose.py --parts 4 --no-depth   # + the same compose in 4 parts, one after
+                                                        #   another, then the merge: the split's cost
 
 Prints triplets/s, peak RSS and file counts for the real `compose` and `depth` stages, then the
 same fg_bg + mask work done as the seeds did it (PIL open / paste / save, one file per image,
@@ -26,6 +28,7 @@ from fgbg.compose import run_compose
 from fgbg.config import ComposeParams, DepthParams, PrepareParams, SplitParams, SynthParams, resolve_jobs
 from fgbg.depth import run_depth
 from fgbg.prepare import run_prepare
+from fgbg.shards import Part, read_manifest
 from fgbg.synth import run_synth
 
 
@@ -59,6 +62,24 @@ def naive(prepared: Path, out: Path, n: int, positions: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def parts_vs_one(compose, split, prepared: Path, out: Path, count: int, one_run_s: float, one_run: Path) -> None:
+    """The stage in `count` parts (what a Slurm array runs), one after another on this machine,
+    then the merge: the split's overhead (plan per part, the merge's sha256 of every shard)."""
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        run_compose(compose, split, prepared, out, part=Part(i, count), log=lambda m: None)
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    run_compose(compose, split, prepared, out, log=print)
+    merge = time.perf_counter() - t0
+    total = sum(times) + merge
+    same = read_manifest(out)["shards"] == read_manifest(one_run)["shards"]
+    print(f"compose in {count} parts: {' + '.join(f'{t:.1f}' for t in times)} s, merge {merge:.1f} s "
+          f"= {total:.1f} s vs one run {one_run_s:.1f} s: {100 * (total / one_run_s - 1):+.1f} % "
+          f"(shards identical to the one run: {same})")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=400_000, help="composites to build (100x100x2xP)")
@@ -66,6 +87,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: temp)")
     ap.add_argument("--no-depth", action="store_true")
+    ap.add_argument("--parts", type=int, default=0, help="also build it in N parts one after another + merge")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fgbg-bench-"))
@@ -89,6 +111,9 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; jobs={jobs}; seed scale 192/96; {n} triplets")
     print(f"compose: {n / dt:,.0f} triplets/s ({dt:.1f} s), {files} files")
     print(f"compose peak RSS: main {own:,.0f} MB, largest worker {child:,.0f} MB")
+
+    if args.parts:
+        parts_vs_one(compose, all_train, prepared, work / "composites_parts", args.parts, dt, work / "composites")
 
     if not args.no_depth:
         t0 = time.perf_counter()
