@@ -59,6 +59,15 @@ def _one_line_errors(fn):
     return wrapper
 
 
+def _shard_stage(stage: str, unit: str, build, part: str | None, parts: int | None, out: Path) -> None:
+    """A shard stage whole, or the part this process was given (fgbg.parts); the merge reports."""
+    from fgbg.parts import resolve_part, run_in_parts
+
+    manifest = run_in_parts(build, resolve_part(part, parts), _log)
+    if manifest is not None:
+        typer.echo(f"{stage}: {manifest['samples']} {unit} in {len(manifest['shards'])} shards → {out}", err=True)
+
+
 def _params(path: Path) -> Params:
     return load_params(path)
 
@@ -102,15 +111,11 @@ def compose(
     depend on --jobs, nor on how many parts built them (README "Past one machine").
     """
     from fgbg.compose import run_compose
-    from fgbg.parts import resolve_part, run_in_parts
 
     p = _params(params)
     cfg = p.compose if jobs is None else p.compose.model_copy(update={"jobs": jobs})
-    manifest = run_in_parts(
-        lambda share: run_compose(cfg, p.split, prepared, out, share, log=_log), resolve_part(part, parts), _log
-    )
-    if manifest is not None:
-        typer.echo(f"compose: {manifest['samples']} samples in {len(manifest['shards'])} shards → {out}", err=True)
+    _shard_stage("compose", "samples", lambda share: run_compose(cfg, p.split, prepared, out, share, log=_log),
+                 part, parts, out)  # fmt: skip
 
 
 @app.command()
@@ -129,15 +134,11 @@ def depth(
     On G GPUs: `torchrun --nproc_per_node G -m fgbg.cli depth` (one part per rank, rank 0 merges).
     """
     from fgbg.depth import run_depth
-    from fgbg.parts import resolve_part, run_in_parts
 
     p = _params(params)
     cfg = p.depth if jobs is None else p.depth.model_copy(update={"jobs": jobs})
-    manifest = run_in_parts(
-        lambda share: run_depth(cfg, prepared, composites, out, share, log=_log), resolve_part(part, parts), _log
-    )
-    if manifest is not None:
-        typer.echo(f"depth: {manifest['samples']} maps in {len(manifest['shards'])} shards → {out}", err=True)
+    _shard_stage("depth", "maps", lambda share: run_depth(cfg, prepared, composites, out, share, log=_log),
+                 part, parts, out)  # fmt: skip
 
 
 @app.command("depth-agreement")
