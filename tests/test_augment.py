@@ -14,7 +14,7 @@ from fgbg.config import AugmentParams, ConfigError, load_params
 from fgbg.data import Batch
 
 OFF = {"misalign": {"p": 0}, "photometric": {"p_bg": 0, "p_fg_bg": 0}, "blur": {"p": 0}, "noise": {"p": 0},
-       "shadow": {"p": 0}}  # fmt: skip
+       "shadow": {"p": 0}, "shapes": {"p": 0}}  # fmt: skip
 
 
 def only(**sections: dict) -> AugmentParams:
@@ -149,6 +149,27 @@ def test_blur_keeps_flat_images_flat_and_softens_edges():
     out = aug(Batch(flat, step, mask, depth))
     assert torch.allclose(out.bg, flat, atol=1e-6)  # no darkened borders
     assert 0.05 < out.fg_bg[..., 15].min() and out.fg_bg[..., 16].max() < 0.95
+
+
+def test_a_pasted_shape_enters_fg_bg_mask_and_depth_together_and_never_bg():
+    b, h, w = 8, 64, 80
+    batch = scene(b, h, w)
+    batch = Batch(batch.bg, batch.fg_bg, batch.mask, torch.rand(b, 1, h, w) * 0.5)  # room above for max()
+    before = clone(batch)
+    aug = CaptureAugment(only(shapes={"p": 1, "size": [0.3, 0.5]}), seed=2)
+    out = aug.apply(batch, aug.draw(b))
+    assert torch.equal(out.bg, before.bg) and same(batch, before)
+    new = (out.mask > 0) & (before.mask == 0)  # the shape's pixels outside the old object
+    assert (out.mask >= before.mask).all() and new.flatten(1).sum(1).min() > 50  # every sample got one
+    changed = (out.fg_bg != before.fg_bg).any(1, keepdim=True)
+    assert changed[new].float().mean() > 0.99  # the shape is in fg_bg where the mask says
+    edge = changed & (out.mask == 0)  # soft edge: alpha < 0.5 is not object; at most a 1-px rim
+    assert edge.sum() < 0.25 * new.sum()
+    moved = out.depth != before.depth
+    assert not (moved & (out.mask == 0)).any() and (out.depth >= before.depth).all()
+    for k in range(b):  # one depth under the shape where it was farther: its ground-contact depth
+        inside = new[k, 0] & moved[k, 0]
+        assert inside.any() and torch.unique(out.depth[k, 0][inside]).numel() == 1
 
 
 def test_unpicked_samples_are_bit_identical():

@@ -8,7 +8,9 @@ perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
   the scene outside the object; mask and depth stay (a shadow is not the object);
 - misalign (bg): sub-pixel affine — translation, rotation, zoom; fg_bg, mask and depth stay, as
   they describe fg_bg's scene;
-- photometric, blur, noise: on each shot independently, in the order a camera applies them.
+- photometric, blur, noise: on each shot independently, in the order a camera applies them;
+- shapes (fg_bg, mask, depth; first): objects with random outlines, so the network compares the
+  shots instead of drawing the training sprites' silhouettes where differences are unreliable.
 
 A `clean` fraction of the pairs is left exactly as composed: tripod pairs with locked exposure are
 nearly identical, and a model that never sees identical pairs stops trusting faint differences.
@@ -64,11 +66,20 @@ class Draws:
     shadow_squash: torch.Tensor  # B
     shadow_shear: torch.Tensor  # B horizontal px per px of height
     shadow_blur: torch.Tensor  # B σ, fraction of the side
+    shapes: torch.Tensor  # B bool
+    shape_centre: torch.Tensor  # B×2 (x, y), fraction of the side
+    shape_size: torch.Tensor  # B diameter, fraction of the shorter side
+    shape_aspect: torch.Tensor  # B width / height factor
+    shape_wobble: torch.Tensor  # B×4 amplitudes of the outline harmonics k = 2..5, per radius
+    shape_phase: torch.Tensor  # B×4 radians
+    shape_texture: torch.Tensor  # B weight of the other scene's texture against the flat colour
+    shape_colour: torch.Tensor  # B×3
 
 
 class CaptureAugment:
     """`aug(batch) -> Batch`: a new batch whose bg and fg_bg differ like two real captures; mask and
-    depth are the input's own tensors. Inputs are never modified in place."""
+    depth are the input's own tensors unless a random-outline object was pasted (`shapes`), which
+    they then include. Inputs are never modified in place."""
 
     def __init__(self, params: AugmentParams, seed: int, rank: int = 0):
         self.params = params
@@ -119,10 +130,15 @@ class CaptureAugment:
         shadow, strength = unit(b) < sh.p, between(sh.strength, b)
         shadow_offset, squash, shear = sym(sh.offset, b, 2), between(sh.squash, b), sym(sh.shear, b)
         shadow_blur = between(sh.blur, b)
-        perturb = unit(b) >= p.clean  # drawn last, so `clean: 0` keeps every earlier stream as it was
+        perturb = unit(b) >= p.clean  # drawn after the above, so `clean: 0` keeps their streams as they were
         misalign, photometric, blur, noise, shadow = (c & perturb for c in (misalign, photometric, blur, noise, shadow))
+        sp = p.shapes  # content, not a capture difference: independent of `clean`
+        shapes, centre, size = unit(b) < sp.p, 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
+        aspect, wobble, phase = log_sym(0.6, b), sp.wobble * unit(b, 4), 2 * math.pi * unit(b, 4)
+        texture, colour = unit(b), unit(b, 3)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
-                     noise_sigma, noise_seed, shadow, strength, shadow_offset, squash, shear, shadow_blur)  # fmt: skip
+                     noise_sigma, noise_seed, shadow, strength, shadow_offset, squash, shear, shadow_blur,
+                     shapes, centre, size, aspect, wobble, phase, texture, colour)  # fmt: skip
 
     def apply(self, batch: Batch, d: Draws) -> Batch:
         """`batch` perturbed by the draws `d`: shadow → misalign → photometric → blur → noise, clamped."""
@@ -133,8 +149,10 @@ class CaptureAugment:
             wb_bg=d.white_balance[BG], wb_fg_bg=d.white_balance[FG_BG], offset=d.offset.T,
             blur_sigma=d.blur_sigma.T, noise_sigma=d.noise_sigma.T, strength=d.shadow_strength,
             shadow_offset=d.shadow_offset, squash=d.shadow_squash, shear=d.shadow_shear, shadow_blur=d.shadow_blur,
+            centre=d.shape_centre, size=d.shape_size, aspect=d.shape_aspect, wobble=d.shape_wobble,
+            phase=d.shape_phase, texture=d.shape_texture, colour=d.shape_colour,
         )  # fmt: skip
-        picks = {"shadow": d.shadow, "misalign": d.misalign}
+        picks = {"shapes": d.shapes, "shadow": d.shadow, "misalign": d.misalign}
         for name, coins in (("photometric", d.photometric), ("blur", d.blur), ("noise", d.noise)):
             picks.update({f"{name}{s}": coins[s] for s in (BG, FG_BG)})
         picks = {k: v.nonzero().flatten() for k, v in picks.items()}
@@ -143,14 +161,20 @@ class CaptureAugment:
             return Batch(bg, fg_bg, batch.mask, batch.depth)
         sent = _send([table, *picks.values()], dev)  # one host→device copy per batch
         table, idx = sent[0], {k: v.long() for k, v in zip(picks, sent[1:], strict=True)}
-        shots = [bg, fg_bg]
+        shots, mask, depth = [bg, fg_bg], batch.mask, batch.depth
 
         def par(name: str, i: torch.Tensor) -> torch.Tensor:
             return table[i][:, cols[name]]
 
+        if "shapes" in idx:
+            i = idx["shapes"]
+            texture = bg.roll(1, 0).roll((h // 3, w // 3), (2, 3))[i]  # another sample's scene, moved
+            out, shape_mask, shape_depth = _paste_shape(fg_bg[i], mask[i], depth[i], texture, par, i)
+            shots[FG_BG] = fg_bg.index_copy(0, i, out)
+            mask, depth = mask.index_copy(0, i, shape_mask), depth.index_copy(0, i, shape_depth)
         if "shadow" in idx:
             i = idx["shadow"]
-            shots[FG_BG] = fg_bg.index_copy(0, i, self._shadow(fg_bg[i], batch.mask[i], par, i))
+            shots[FG_BG] = shots[FG_BG].index_copy(0, i, self._shadow(shots[FG_BG][i], mask[i], par, i))
         if "misalign" in idx:
             i = idx["misalign"]
             shots[BG] = bg.index_copy(0, i, self._misalign(bg[i], par, i))
@@ -171,7 +195,7 @@ class CaptureAugment:
                 field = torch.randn((len(i), 3, h, w), generator=gen, device=dev, dtype=bg.dtype)
                 out = shots[s][i] + par("noise_sigma", i)[:, s].view(-1, 1, 1, 1) * field
                 shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
-        return Batch(shots[BG], shots[FG_BG], batch.mask, batch.depth)
+        return Batch(shots[BG], shots[FG_BG], mask, depth)
 
     def _misalign(self, bg: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
         """The bg resampled as a slightly moved camera saw it (sub-pixel, bilinear)."""
@@ -211,6 +235,37 @@ class CaptureAugment:
         if device not in self._noise_gens:
             self._noise_gens[device] = torch.Generator(device=device)
         return self._noise_gens[device]
+
+
+def _paste_shape(
+    fg_bg: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor, texture: torch.Tensor, par: Params, i: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An object with a random outline pasted into the scene: a wobbly ellipse, r < R(θ) =
+    R0·(1 + Σ a_k cos(kθ + φ_k)), edge soft over 1 px, filled with `texture` mixed with a flat colour.
+    The mask gains it (alpha ≥ 0.5, the project's rule); the depth under it becomes the depth where
+    its lowest row touches the scene, never behind what it covers (max in inverse depth)."""
+    n, _, h, w = fg_bg.shape
+    dev, dt = fg_bg.device, fg_bg.dtype
+    centre = par("centre", i) * torch.tensor([w, h], device=dev, dtype=dt)
+    radius = par("size", i)[:, 0] * min(h, w) / 2
+    aspect = par("aspect", i)[:, 0]
+    ys = torch.arange(h, device=dev, dtype=dt).view(1, h, 1) + 0.5 - centre[:, 1].view(-1, 1, 1)
+    xs = torch.arange(w, device=dev, dtype=dt).view(1, 1, w) + 0.5 - centre[:, 0].view(-1, 1, 1)
+    xs, ys = xs / aspect.view(-1, 1, 1), ys * aspect.view(-1, 1, 1)
+    r, theta = torch.sqrt(xs**2 + ys**2), torch.atan2(ys, xs)
+    k = torch.arange(2, 6, device=dev, dtype=dt).view(1, 4, 1, 1)
+    harmonics = par("wobble", i).view(n, 4, 1, 1) * torch.cos(k * theta.unsqueeze(1) + par("phase", i).view(n, 4, 1, 1))
+    outline = radius.view(-1, 1, 1) * (1 + harmonics.sum(1)).clamp_min(0.3)
+    alpha = (outline - r + 0.5).clamp(0, 1).unsqueeze(1)  # n×1×h×w
+    mix = par("texture", i).view(-1, 1, 1, 1)
+    fill = mix * texture + (1 - mix) * par("colour", i).view(-1, 3, 1, 1)
+    shape = (alpha >= 0.5).to(dt)
+    rows = shape.amax(3).flatten(1)  # n×h
+    bottom = (rows * torch.arange(1, h + 1, device=dev, dtype=dt)).amax(1).long().clamp(1, h) - 1
+    column = centre[:, 0].long().clamp(0, w - 1)
+    contact = depth[torch.arange(n, device=dev), 0, bottom, column].view(-1, 1, 1, 1)
+    depth = torch.where(shape > 0, torch.maximum(depth, contact), depth)
+    return alpha * fill + (1 - alpha) * fg_bg, torch.maximum(mask, shape), depth
 
 
 def _photometric(

@@ -217,6 +217,17 @@ class ShadowParams(_RangedSection):
     blur: tuple[float, float] = _range((0.005, 0.02), 0.0, 0.1)  # Gaussian σ as a fraction of the side
 
 
+class ShapesParams(_RangedSection):
+    """Extra objects with random outlines (not people, cats or dogs), textured with another scene or
+    a colour, pasted into fg_bg and into the mask and depth (standing at the depth where they touch
+    the ground, like compose's fgs). Without them the network learns the sprites' silhouettes and,
+    once capture perturbations make pixel differences unreliable, draws those instead of what differs."""
+
+    p: float = Field(0.5, ge=0.0, le=1.0)
+    size: tuple[float, float] = _range((0.15, 0.45), 0.05, 1.0)  # diameter as a fraction of the side
+    wobble: float = Field(0.25, ge=0.0, le=0.5)  # max amplitude of each outline harmonic (k = 2..5) per radius
+
+
 class AugmentParams(_Section):
     """Capture augmentation on the device: train on pairs that differ like real bg / fg_bg shots do
     (DESIGN.md §9), so camera shift, exposure, noise and shadows are not read as object."""
@@ -228,6 +239,7 @@ class AugmentParams(_Section):
     blur: BlurParams = BlurParams()
     noise: NoiseParams = NoiseParams()
     shadow: ShadowParams = ShadowParams()
+    shapes: ShapesParams = ShapesParams()
 
 
 class TrainParams(_Section):
