@@ -253,12 +253,12 @@ def _is_journal(rel: str) -> bool:
 
 
 Filler = Callable[[ShardWriter, Any], None]
-_worker_filler: Filler | None = None  # this worker process's filler, made once by _start_worker
+_worker_filler: Filler | None = None  # this worker process's filler, set by _start_worker
 
 
-def _start_worker(make_filler: Callable[[], Filler]) -> None:
+def _start_worker(filler: Filler) -> None:
     global _worker_filler
-    _worker_filler = make_filler()
+    _worker_filler = filler
 
 
 def _build_in_worker(out_dir: Path, task: ShardTask) -> ShardRecord:
@@ -279,9 +279,9 @@ def build_shards(
 ) -> dict[str, ShardRecord]:
     """Build every task's shard in `out_dir` with `jobs` processes; reuse verified ones.
 
-    `make_filler()` runs once per worker process (e.g. a class holding the prepared images,
-    its inputs given explicitly as constructor arguments); the filler it returns writes one
-    shard's samples with `filler(writer, task.payload)`. A killed run resumes where it stopped
+    `make_filler()` runs once, here, before the workers fork (e.g. a class holding the prepared
+    images, its inputs given explicitly as constructor arguments); the filler it returns writes
+    one shard's samples with `filler(writer, task.payload)`. A killed run resumes where it stopped
     and a changed run rebuilds (see ShardJournal). Output bytes do not depend on `jobs`. With a
     `part`, only that part's shards are built (fgbg.parts); the records returned are its own.
     """
@@ -292,14 +292,14 @@ def build_shards(
         total=len(journal.done) + len(todo), initial=len(journal.done), desc=desc, unit="shard", dynamic_ncols=True
     )
     try:
+        fill = make_filler() if todo else None  # once: forked workers inherit it (a part pays it once too)
         if jobs <= 1 or len(todo) <= 1:
-            fill = make_filler() if todo else None
             for t in todo:
                 journal.record(t.name, _build_one(journal.out_dir, t, fill))
                 bar.update(1)
         else:
-            ctx = get_context("fork")  # workers inherit make_filler's inputs without pickling
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_start_worker, initargs=(make_filler,)) as ex:
+            ctx = get_context("fork")  # workers inherit the filler without pickling
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_start_worker, initargs=(fill,)) as ex:
                 futures = {ex.submit(_build_in_worker, journal.out_dir, t): t.name for t in todo}
                 for fut in as_completed(futures):
                     journal.record(futures[fut], fut.result())
