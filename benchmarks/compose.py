@@ -67,9 +67,11 @@ def parts_vs_one(compose, split, prepared: Path, out: Path, count: int, one_run_
     then the merge: the split's overhead (plan per part, the merge's sha256 of every shard)."""
     times = []
     for i in range(count):
+        os.sync()  # earlier writes' flush to disk is not this part's cost (nor the one run's: see main)
         t0 = time.perf_counter()
         run_compose(compose, split, prepared, out, part=Part(i, count), log=lambda m: None)
         times.append(time.perf_counter() - t0)
+    os.sync()
     t0 = time.perf_counter()
     run_compose(compose, split, prepared, out, log=print)
     merge = time.perf_counter() - t0
@@ -102,6 +104,7 @@ def main() -> None:
 
     all_train = SplitParams(train=1.0, val=0.0, test=0.0)
     compose = ComposeParams(positions=positions, jobs=jobs)
+    os.sync()
     t0 = time.perf_counter()
     manifest = run_compose(compose, all_train, prepared, work / "composites")
     dt = time.perf_counter() - t0

@@ -182,12 +182,12 @@ class PhotometricParams(_Section):
     """Exposure, tone curve, white balance and black level drift; each shot draws its own with its own
     probability (both drift in real captures; the network must ignore their difference)."""
 
-    p_bg: float = Field(0.5, ge=0.0, le=1.0)
-    p_fg_bg: float = Field(0.25, ge=0.0, le=1.0)
-    gain: float = Field(0.15, ge=0.0, le=3.0)  # exposure factor in [1/(1+gain), 1+gain], log-uniform
-    gamma: float = Field(0.1, ge=0.0, le=3.0)  # exponent in [1/(1+gamma), 1+gamma], log-uniform
-    white_balance: float = Field(0.05, ge=0.0, le=1.0)  # per-channel factor, same form, geometric mean 1
-    offset: float = Field(0.02, ge=0.0, le=0.5)  # black level added, in [-offset, offset]
+    p_bg: float = Field(0.8, ge=0.0, le=1.0)
+    p_fg_bg: float = Field(0.5, ge=0.0, le=1.0)
+    gain: float = Field(0.3, ge=0.0, le=3.0)  # exposure factor in [1/(1+gain), 1+gain], log-uniform
+    gamma: float = Field(0.17, ge=0.0, le=3.0)  # exponent in [1/(1+gamma), 1+gamma], log-uniform
+    white_balance: float = Field(0.09, ge=0.0, le=1.0)  # per-channel factor, same form, geometric mean 1
+    offset: float = Field(0.035, ge=0.0, le=0.5)  # black level added, in [-offset, offset]
 
 
 class BlurParams(_RangedSection):
