@@ -213,8 +213,7 @@ class CaptureAugment:
     def _shadow(self, fg_bg: torch.Tensor, mask: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
         """fg_bg darkened by the object's soft shadow, outside the object only (factor in [1 − strength, 1])."""
         n, _, h, w = fg_bg.shape
-        rows = mask.amax(3).flatten(1)  # n×h: rows the object touches
-        bottom = (rows * torch.arange(1, h + 1, device=mask.device, dtype=mask.dtype)).amax(1)  # its lower edge, px
+        bottom = _bottom_edge(mask)  # the object's lower edge, px
         y_b = 2 * bottom / h - 1  # normalised (an empty mask gives no shadow whatever y_b is)
         dx, dy = (par("shadow_offset", i) * 2).unbind(1)
         s, k = par("squash", i)[:, 0], par("shear", i)[:, 0] * h / w
@@ -260,12 +259,18 @@ def _paste_shape(
     mix = par("texture", i).view(-1, 1, 1, 1)
     fill = mix * texture + (1 - mix) * par("colour", i).view(-1, 3, 1, 1)
     shape = (alpha >= 0.5).to(dt)
-    rows = shape.amax(3).flatten(1)  # n×h
-    bottom = (rows * torch.arange(1, h + 1, device=dev, dtype=dt)).amax(1).long().clamp(1, h) - 1
+    bottom = _bottom_edge(shape).long().clamp(1, h) - 1  # its lowest row
     column = centre[:, 0].long().clamp(0, w - 1)
     contact = depth[torch.arange(n, device=dev), 0, bottom, column].view(-1, 1, 1, 1)
     depth = torch.where(shape > 0, torch.maximum(depth, contact), depth)
     return alpha * fill + (1 - alpha) * fg_bg, torch.maximum(mask, shape), depth
+
+
+def _bottom_edge(mask: torch.Tensor) -> torch.Tensor:
+    """Per N×1×H×W mask: 1 + the lowest row it touches (0 when empty), as mask's dtype."""
+    h = mask.shape[2]
+    rows = mask.amax(3).flatten(1)  # N×H: rows the mask touches
+    return (rows * torch.arange(1, h + 1, device=mask.device, dtype=mask.dtype)).amax(1)
 
 
 def _photometric(

@@ -37,6 +37,7 @@ from fgbg.shards import (
     fingerprint_of,
     finish_stage,
     folder_fingerprint,
+    part_summary,
     preview_samples,
 )
 
@@ -209,13 +210,13 @@ def run_compose(
         partial(Composer, prepared_dir, split, compose.jpeg_quality),
         fingerprint=fingerprint,
         jobs=resolve_jobs(compose.jobs),
-        desc="compose" if part is None else f"compose part {part}",
+        desc="compose",
         keep=(INDEX, PREVIEW, "shards.json"),
         part=part,
         log=log,
     )
     if part is not None:
-        return {"part": str(part), "shards": len(records), "samples": sum(r.samples for r in records.values())}
+        return part_summary(part, records)
     _write_index(out_dir, ps, tasks)
     picked = preview_samples(out_dir, [t.name for t in tasks], compose.preview_samples)
     preview = [[ps.bg_of(key), decode(files["jpg"]), decode(files["mask.png"])] for _, key, files in picked]

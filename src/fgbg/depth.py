@@ -35,6 +35,7 @@ from fgbg.shards import (
     finish_stage,
     folder_fingerprint,
     iter_shard,
+    part_summary,
     preview_samples,
     read_manifest,
 )
@@ -236,13 +237,13 @@ def run_depth(
             partial(DepthPaster, prepared_dir, params.png_compression, bg_depth_maps(ps, params, teacher)),
             fingerprint=fingerprint,
             jobs=resolve_jobs(params.jobs),
-            desc="depth" if part is None else f"depth part {part}",
+            desc="depth",
             keep=keep,
             part=part,
             log=log,
         )
     if part is not None:
-        return {"part": str(part), "shards": len(records), "samples": sum(r.samples for r in records.values())}
+        return part_summary(part, records)
     preview = _preview_rows(out_dir, composites_dir, prepared_dir, names, params.preview_samples)
     manifest = finish_stage(out_dir, fingerprint, records, preview)
     manifest["convention"] = DEPTH_CONVENTION

@@ -286,6 +286,7 @@ def build_shards(
     `part`, only that part's shards are built (fgbg.parts); the records returned are its own.
     """
     journal = ShardJournal(out_dir, [t.name for t in tasks], fingerprint, keep, part, log)
+    desc = desc if part is None else f"{desc} part {part}"
     pending = set(journal.todo)
     todo = [t for t in tasks if t.name in pending]
     bar = tqdm(
@@ -363,6 +364,11 @@ def _part_of(journal_name: str) -> tuple[int, int]:
 def _part_label(journal_name: str) -> str:
     """`.journal.part-0001-of-0004.jsonl` → `part 1/4`."""
     return "part {}/{}".format(*_part_of(journal_name))
+
+
+def part_summary(part: Part, records: dict[str, ShardRecord]) -> dict:
+    """What a part run returns: it writes no manifest (the merge does)."""
+    return {"part": str(part), "shards": len(records), "samples": sum(r.samples for r in records.values())}
 
 
 def write_manifest(out_dir: Path, fingerprint: str, records: dict[str, ShardRecord]) -> None:
