@@ -63,7 +63,7 @@ def main() -> None:
 
     def step(batch: Batch) -> None:
         out = infer(net, batch.bg, batch.fg_bg)
-        loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)
+        loss, _ = total_loss(out, batch, params.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,9 +75,9 @@ def main() -> None:
     def synthetic():
         b = args.batch_size
         while True:
+            mask = (torch.rand(b, 1, size, size, device=device) > 0.9).float()
             yield Batch(torch.rand(b, 3, size, size, device=device), torch.rand(b, 3, size, size, device=device),
-                        (torch.rand(b, 1, size, size, device=device) > 0.9).float(),
-                        torch.rand(b, 1, size, size, device=device))  # fmt: skip
+                        mask, torch.rand(b, 1, size, size, device=device), mask)  # fmt: skip
 
     def from_shards():
         while True:

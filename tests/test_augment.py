@@ -32,15 +32,16 @@ def scene(b: int = 6, h: int = 48, w: int = 64, seed: int = 0) -> Batch:
         mask[i, :, top : top + 16, left : left + 10] = 1
     fg_bg = torch.where(mask > 0, torch.rand(b, 3, h, w, generator=g), bg)
     depth = torch.rand(b, 1, h, w, generator=g)
-    return Batch(bg, fg_bg, mask, depth)
+    return Batch(bg, fg_bg, mask, depth, mask * 0.9)
 
 
 def clone(batch: Batch) -> Batch:
-    return Batch(*(t.clone() for t in dataclasses.astuple(batch)))
+    return Batch(*(None if t is None else t.clone() for t in dataclasses.astuple(batch)))
 
 
 def same(a: Batch, b: Batch) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True))
+    pairs = zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)
+    return all(x is y is None or torch.equal(x, y) for x, y in pairs)
 
 
 def centroid(img: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ def test_misalignment_moves_only_bg_by_the_drawn_affine():
     start = torch.tensor([10.0, -6.0])
     blob = torch.exp(-((xs - start[0]) ** 2 + (ys - start[1]) ** 2) / (2 * 3.0**2))
     batch = scene(b, h, w)
-    batch = Batch(blob.expand(b, 3, h, w).clone(), batch.fg_bg, batch.mask, batch.depth)
+    batch = dataclasses.replace(batch, bg=blob.expand(b, 3, h, w).clone())
     before = clone(batch)
     aug = CaptureAugment(only(misalign={"p": 1, "translate": 0.05, "rotate": 10, "scale": 0.1}), seed=3)
     d = aug.draw(b)
@@ -79,7 +80,7 @@ def test_a_known_translation_moves_the_pattern_by_that_many_pixels():
     batch = scene(b, h, w)
     ys, xs = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
     blob = torch.exp(-(xs**2 + ys**2) / (2 * 4.0**2))
-    batch = Batch(blob.expand(b, 3, h, w).clone(), batch.fg_bg, batch.mask, batch.depth)
+    batch = dataclasses.replace(batch, bg=blob.expand(b, 3, h, w).clone())
     aug = CaptureAugment(only(misalign={"p": 1}), seed=0)
     d = dataclasses.replace(
         aug.draw(b), shift=torch.tensor([[1.5, -0.75], [0.25, 2.0]]) / w, angle=torch.zeros(b), zoom=torch.ones(b)
@@ -151,10 +152,10 @@ def test_blur_keeps_flat_images_flat_and_softens_edges():
     assert 0.05 < out.fg_bg[..., 15].min() and out.fg_bg[..., 16].max() < 0.95
 
 
-def test_a_pasted_shape_enters_fg_bg_mask_and_depth_together_and_never_bg():
+def test_a_pasted_shape_enters_fg_bg_mask_alpha_and_depth_together_and_never_bg():
     b, h, w = 8, 64, 80
     batch = scene(b, h, w)
-    batch = Batch(batch.bg, batch.fg_bg, batch.mask, torch.rand(b, 1, h, w) * 0.5)  # room above for max()
+    batch = Batch(batch.bg, batch.fg_bg, batch.mask, torch.rand(b, 1, h, w) * 0.5, batch.alpha)  # room for max()
     before = clone(batch)
     aug = CaptureAugment(only(shapes={"p": 1, "size": [0.3, 0.5]}), seed=2)
     out = aug.apply(batch, aug.draw(b))
@@ -165,6 +166,13 @@ def test_a_pasted_shape_enters_fg_bg_mask_and_depth_together_and_never_bg():
     assert changed[new].float().mean() > 0.99  # the shape is in fg_bg where the mask says
     edge = changed & (out.mask == 0)  # soft edge: alpha < 0.5 is not object; at most a 1-px rim
     assert edge.sum() < 0.25 * new.sum()
+    # alpha: the shape over the object (a_s + (1 − a_s)·a): 1 inside the shape, a soft rim, the object's
+    # own alpha where the shape is absent — so alpha ≥ 0.5 is exactly the new mask
+    inner = -torch.nn.functional.max_pool2d(-new.float(), 3, 1, 1) > 0
+    assert (out.alpha >= before.alpha).all() and (out.alpha[inner] == 1).all() and inner.sum() > 0.5 * new.sum()
+    assert torch.equal((out.alpha >= 0.5).float(), out.mask)
+    rim = (out.alpha > before.alpha) & (out.alpha < 1)
+    assert rim.any() and torch.equal(changed[rim], torch.ones_like(changed[rim]))
     moved = out.depth != before.depth
     assert not (moved & (out.mask == 0)).any() and (out.depth >= before.depth).all()
     for k in range(b):  # one depth under the shape where it was farther: its ground-contact depth

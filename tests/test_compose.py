@@ -27,19 +27,21 @@ def test_mask_matches_alpha_at_placement():
     bg = rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)
     fg = random_rgba(rng, 20, 15)
     x, y = 37, 11
-    fg_bg, mask = compose_one(bg, fg, x, y)
+    fg_bg, mask, alpha = compose_one(bg, fg, x, y)
 
     expected = np.zeros((50, 60), np.uint8)
     expected[y : y + 20, x : x + 15] = np.where(fg[..., 3] >= 128, 255, 0)
     np.testing.assert_array_equal(mask, expected)
     assert set(np.unique(mask)) <= {0, 255}
+    expected[y : y + 20, x : x + 15] = fg[..., 3]
+    np.testing.assert_array_equal(alpha, expected)
 
 
 def test_blend_is_alpha_weighted_and_leaves_bg_outside_the_box():
     rng = np.random.default_rng(2)
     bg = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
     fg = random_rgba(rng, 10, 12)
-    fg_bg, _ = compose_one(bg, fg, 5, 7)
+    fg_bg, _, _ = compose_one(bg, fg, 5, 7)
 
     a = fg[..., 3:4] / 255.0
     want = a * fg[..., :3] + (1 - a) * bg[7:17, 5:17]
@@ -63,7 +65,7 @@ def test_shipped_renderer_matches_a_float_reference_pixel_for_pixel(tiny_prepare
     diffs = []
     for row in plan.tolist():
         _, bg, fg, flip, _, x, y, w, h = row
-        fg_bg_bgr, mask = composer.render(row)
+        fg_bg_bgr, mask, alpha = composer.render(row)
         rgba = fg_variant(ps.fg[fg], bool(flip), w, h).astype(np.float64)
         a = rgba[..., 3:] / 255.0
         want = ps.bg[bg].astype(np.float64)
@@ -72,6 +74,9 @@ def test_shipped_renderer_matches_a_float_reference_pixel_for_pixel(tiny_prepare
         want_mask = np.zeros(mask.shape, np.uint8)
         want_mask[y : y + h, x : x + w][rgba[..., 3] >= 128] = 255
         np.testing.assert_array_equal(mask, want_mask)
+        want_alpha = np.zeros(mask.shape, np.uint8)
+        want_alpha[y : y + h, x : x + w] = rgba[..., 3]
+        np.testing.assert_array_equal(alpha, want_alpha)
     assert len(diffs) > 50 and max(diffs) <= 0.5 + 1e-9  # the float blend, rounded to nearest
     assert len({t.name for t in shard_tasks(plan, 40)}) > 1
 
@@ -147,14 +152,14 @@ def test_every_planned_sample_is_in_the_shards_with_its_files(tiny_prepared, tin
     seen = {}
     for shard in sorted({r["shard"] for r in rows}):
         for key, files in iter_shard(tiny_composites / shard):
-            assert set(files) == {"jpg", "mask.png", "json"}
+            assert set(files) == {"jpg", "mask.png", "alpha.png", "json"}
             seen[key] = json.loads(files["json"])
     assert set(seen) == {r["key"] for r in rows}
     r = rows[0]
     assert seen[r["key"]]["box"] == [int(r[k]) for k in ("x", "y", "w", "h")]
 
 
-def test_stored_mask_is_the_placed_fg_alpha(tiny_prepared, tiny_composites):
+def test_stored_mask_and_alpha_are_the_placed_fg_alpha(tiny_prepared, tiny_composites):
     ps = PreparedSet(tiny_prepared, TINY_SPLIT)
     row = read_index(tiny_composites)[5]
     key, files = next(iter(dict(iter_shard(tiny_composites / row["shard"])).items()))
@@ -164,6 +169,9 @@ def test_stored_mask_is_the_placed_fg_alpha(tiny_prepared, tiny_composites):
     mask = np.zeros(ps.bg_size[::-1], np.uint8)  # independent of the compositing code
     mask[y : y + h, x : x + w][fg[..., 3] >= 128] = 255
     np.testing.assert_array_equal(decode(files["mask.png"]), mask)
+    alpha = np.zeros(ps.bg_size[::-1], np.uint8)
+    alpha[y : y + h, x : x + w] = fg[..., 3]
+    np.testing.assert_array_equal(decode(files["alpha.png"]), alpha)
     assert key.startswith(f"{meta['bg']}_{meta['fg']}_f{meta['flip']}_p")
 
 
@@ -172,10 +180,10 @@ def test_shards_are_plain_tar_readable_by_webdataset(tiny_composites):
     with tarfile.open(shard) as tar:
         names = tar.getnames()
         assert all(m.mtime == 0 and m.uid == 0 for m in tar.getmembers())
-    assert len(names) == 3 * len({n.split(".")[0] for n in names})
+    assert len(names) == 4 * len({n.split(".")[0] for n in names})
     wds = pytest.importorskip("webdataset")
     sample = next(iter(wds.WebDataset(str(shard), shardshuffle=False)))
-    assert {"__key__", "jpg", "mask.png", "json"} <= set(sample)
+    assert {"__key__", "jpg", "mask.png", "alpha.png", "json"} <= set(sample)
 
 
 def _shard_bytes(folder):

@@ -21,7 +21,7 @@ def test_each_sample_is_joined_with_its_own_bg(tiny_prepared, tiny_composites, t
     raw = next(iter(make_loader(samples, 5, 0, dev)))
     batch = to_device(raw, bg_table(tiny_prepared, dev), dev)
     ps = PreparedSet(tiny_prepared)
-    for i, key in enumerate(raw[4]):
+    for i, key in enumerate(raw[-1]):
         want = torch.from_numpy(ps.bg[ps.bg_ids.index(parse_key(key).bg)]).permute(2, 0, 1).float() / 255
         torch.testing.assert_close(batch.bg[i], want)
     assert batch.mask.unique().tolist() in ([0.0, 1.0], [0.0]) and 0 <= batch.depth.min() <= batch.depth.max() <= 1

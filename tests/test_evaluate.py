@@ -26,7 +26,7 @@ def evaluated(trained, tiny_data, tmp_path_factory):
 
 
 def test_per_sample_metrics_are_recomputed_independently(evaluated, trained, tiny_data):
-    """Each CSV row is the IoU of that key's prediction, counted here with NumPy."""
+    """Each CSV row is the IoU and alpha SAD/MSE of that key's prediction, counted here with NumPy."""
     result, out = evaluated
     prepared, composites, depth, _ = tiny_data
     rows = {r["key"]: r for r in csv.DictReader((out / "test_samples.csv").open())}
@@ -37,12 +37,15 @@ def test_per_sample_metrics_are_recomputed_independently(evaluated, trained, tin
     with torch.no_grad():
         for raw in make_loader(test, 8, 0, dev):
             batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
-            pred = (infer(loaded.net, batch.bg, batch.fg_bg).mask_logits > 0).numpy()
-            gt = batch.mask.numpy() > 0.5
-            for key, p, g in zip(raw[4], pred, gt, strict=True):
+            out = infer(loaded.net, batch.bg, batch.fg_bg)
+            pred, alpha = (out.mask_logits > 0).numpy(), out.alpha.double().numpy()
+            gt, gt_alpha = batch.mask.numpy() > 0.5, batch.alpha.double().numpy()
+            for key, p, g, a, ga in zip(raw[-1], pred, gt, alpha, gt_alpha, strict=True):
                 union = (p | g).sum()
                 iou = (p & g).sum() / union if union else 1.0
                 assert float(rows[key]["iou"]) == pytest.approx(iou, abs=1e-5), key
+                assert float(rows[key]["sad"]) == pytest.approx(np.abs(a - ga).sum() / 1000, rel=1e-4, abs=1e-7)
+                assert float(rows[key]["mse"]) == pytest.approx(((a - ga) ** 2).mean(), rel=1e-4, abs=1e-9)
                 checked += 1
     assert checked == result["samples"] == len(rows) > 0
 
@@ -51,8 +54,9 @@ def test_test_json_is_the_mean_of_the_per_sample_table(evaluated):
     result, out = evaluated
     assert json.loads((out / "test.json").read_text()) == result
     rows = list(csv.DictReader((out / "test_samples.csv").open()))
-    assert list(rows[0]) == ["key", "iou", "dice", "boundary_f", "absrel", "rmse", "delta1", "delta2", "delta3", "ssim"]
-    for k in ("iou", "dice", "absrel", "delta1"):
+    assert list(rows[0]) == ["key", "iou", "dice", "boundary_f", "absrel", "rmse", "delta1", "delta2", "delta3", "ssim",
+                             "sad", "mse", "grad", "iou_from_alpha"]  # fmt: skip
+    for k in ("iou", "dice", "absrel", "delta1", "sad", "grad"):
         assert result[k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
 
 
@@ -61,4 +65,4 @@ def test_sheet_shows_the_best_and_worst_samples(evaluated, trained):
     sheet = np.asarray(Image.open(out / "test_sheet.png"))
     size = load_model(trained.model, torch.device("cpu")).input_size
     assert sheet.shape[0] == 4 * size  # 2 best + 2 worst rows of `size` px
-    assert sheet.shape[1] == 6 * size + 5 * 2  # bg | fg_bg | mask | pred | depth | pred
+    assert sheet.shape[1] == 8 * size + 7 * 2  # bg | fg_bg | mask | pred | alpha | pred | depth | pred

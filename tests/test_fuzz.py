@@ -37,13 +37,15 @@ def test_compositing_invariants(s):
     fg = fg_variant(s["fg"], s["flip"], w, h)
     assert fg.shape == (h, w, 4)
     assert w <= bg.shape[1] and h <= bg.shape[0]  # fit inside the bg
-    fg_bg, mask = compose_one(bg, fg, x, y)
+    fg_bg, mask, alpha = compose_one(bg, fg, x, y)
 
     # the mask lies within the pasted box and is exactly alpha >= 0.5 there
     box = np.zeros(mask.shape, bool)
     box[y : y + h, x : x + w] = True
     assert not mask[~box].any()
     np.testing.assert_array_equal(mask[box].reshape(h, w) > 0, fg[..., 3] >= 128)
+    np.testing.assert_array_equal(alpha[box].reshape(h, w), fg[..., 3])  # the blend's own alpha, 0 outside
+    assert not alpha[~box].any()
     # outside the box the bg is untouched
     np.testing.assert_array_equal(fg_bg[~box], bg[~box])
     # inside, the float blend a·fg + (1−a)·bg rounded to nearest (an independent reference)

@@ -8,7 +8,7 @@ import torch
 
 from fgbg.convention import inverse_to_metres
 from fgbg.losses import log_depth_loss
-from fgbg.metrics import depth_metrics, mask_metrics
+from fgbg.metrics import alpha_metrics, depth_metrics, gaussian_gradient_kernels, gradient_magnitude, mask_metrics
 
 
 def test_mask_metrics_match_hand_computed_values():
@@ -36,3 +36,33 @@ def test_depth_metrics_and_log_loss_match_hand_computed_values():
     # |log 2 − log 2| + |log 4.8 − log 4| + |log 20 − log 10|, sky ignored
     want = (0 + np.log(1.2) + np.log(2.0)) / 3
     assert log_depth_loss(pred_d, gt_d).item() == pytest.approx(want, rel=1e-4)
+
+
+def test_alpha_metrics_match_hand_computed_values():
+    gt = torch.zeros(1, 1, 21, 21)
+    pred = gt.clone()
+    pred[..., 10, 10] = 0.5  # an impulse far from the border: every filter response is a kernel value
+    pred[..., 0, :4] = 0.25  # and 4 px off by 0.25
+    m = alpha_metrics(pred, gt, (gt >= 0.5).float())
+    assert m["sad"].item() == pytest.approx((0.5 + 4 * 0.25) / 1000)
+    assert m["mse"].item() == pytest.approx((0.25 + 4 * 0.0625) / 441)
+    # gradient error of an impulse alone: Σ c²(hx² + hy²) = 2c² (unit-L2 kernels, DIM's gaussgradient)
+    impulse = gt.clone()
+    impulse[..., 10, 10] = 0.5
+    assert alpha_metrics(impulse, gt, gt)["grad"].item() == pytest.approx(2 * 0.25 / 1000, rel=1e-5)
+    assert alpha_metrics(gt, gt, gt)["grad"].item() == 0.0
+    k = gaussian_gradient_kernels(1.4)
+    assert k.shape == (2, 1, 9, 9)  # DIM: halfsize = ceil(σ·sqrt(−2 ln(sqrt(2π)·σ·0.01))) = 4
+    # the alpha ≥ 0.5 mask: the impulse pixel only, against an empty gt mask → IoU 0
+    assert m["iou_from_alpha"].item() == 0.0
+
+
+def test_gradient_of_a_ramp_is_its_slope_times_the_kernel_gain():
+    """Inside a linear ramp α = s·x the Gaussian derivative returns s·Σ_j u_j·hx(u) (a constant)."""
+    s = 0.02
+    ramp = (torch.arange(40, dtype=torch.float32) * s).expand(1, 1, 30, 40).contiguous()
+    k = gaussian_gradient_kernels(1.4)[0, 0].double()
+    u = torch.arange(-4, 5, dtype=torch.float64)
+    gain = abs(float((k * u[None, :]).sum()))
+    got = gradient_magnitude(ramp)[0, 0, 10:20, 10:30]
+    torch.testing.assert_close(got, torch.full_like(got, s * gain), rtol=1e-4, atol=1e-7)

@@ -34,9 +34,10 @@ def test_the_net_normalises_its_inputs_with_the_train_statistics(tiny_stats, tmp
     with torch.no_grad():
         out = infer(net, bg, fg_bg)
         raw = unet(torch.cat([standardise(bg, "bg"), standardise(fg_bg, "fg_bg")], 1))
-    assert isinstance(out, Outputs) and out.mask_logits.shape == out.depth.shape == (2, 1, 32, 64)
+    assert isinstance(out, Outputs) and out.mask_logits.shape == out.depth.shape == out.alpha.shape == (2, 1, 32, 64)
     torch.testing.assert_close(out.mask_logits, raw[:, :1])
     torch.testing.assert_close(out.depth, raw[:, 1:2])
+    torch.testing.assert_close(out.alpha, torch.sigmoid(raw[:, 2:3]))
 
 
 def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_path):
@@ -55,3 +56,19 @@ def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_p
     other = params.model_copy(update={"device": "auto", "mlflow": params.mlflow.model_copy(update={"experiment": "x"})})
     save_model(tmp_path / "again.pt", net, other, epoch=3, input_size=32)
     assert (tmp_path / "again.pt").read_bytes() == raw
+
+
+def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):
+    """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) keep working."""
+    params = tiny_train_params(tmp_path).model_copy(update={"alpha_head": False})
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
+    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
+    old = torch.load(tmp_path / "model.pt", weights_only=False)
+    del old["train_params"]["alpha_head"]
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    assert not loaded.params.alpha_head
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        out = infer(loaded.net, x, x)
+    torch.testing.assert_close(out.alpha, torch.sigmoid(out.mask_logits))

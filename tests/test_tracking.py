@@ -36,9 +36,9 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     got = served.predict(x)
     net = load_model(trained.model, torch.device("cpu")).net
     with torch.no_grad():
-        prob, depth_pred = Deployable(net)(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
-    assert got.shape == (3, 2, 96, 64)
-    np.testing.assert_allclose(got, torch.cat([prob, depth_pred], 1).numpy(), atol=1e-5)
+        prob, depth_pred, alpha = Deployable(net)(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
+    assert got.shape == (3, 3, 96, 64)  # mask probability, depth, alpha
+    np.testing.assert_allclose(got, torch.cat([prob, depth_pred, alpha], 1).numpy(), atol=1e-5)
 
 
 def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):

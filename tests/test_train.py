@@ -25,7 +25,7 @@ def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(tiny_data, tmp_pa
 
     def loss():
         out = infer(net, batch.bg, batch.fg_bg)
-        return total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)[0]
+        return total_loss(out, batch, params.loss)[0]
 
     before = loss()
     for _ in range(3):

@@ -9,7 +9,7 @@ perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
 - misalign (bg): sub-pixel affine — translation, rotation, zoom; fg_bg, mask and depth stay, as
   they describe fg_bg's scene;
 - photometric, blur, noise: on each shot independently, in the order a camera applies them;
-- shapes (fg_bg, mask, depth; first): objects with random outlines, so the network compares the
+- shapes (fg_bg, mask, alpha, depth; first): objects with random outlines, so the network compares the
   shots instead of drawing the training sprites' silhouettes where differences are unreliable.
 
 A `clean` fraction of the pairs is left exactly as composed: tripod pairs with locked exposure are
@@ -158,10 +158,10 @@ class CaptureAugment:
         picks = {k: v.nonzero().flatten() for k, v in picks.items()}
         picks = {k: v for k, v in picks.items() if len(v)}
         if not picks:
-            return Batch(bg, fg_bg, batch.mask, batch.depth)
+            return Batch(bg, fg_bg, batch.mask, batch.depth, batch.alpha)
         sent = _send([table, *picks.values()], dev)  # one host→device copy per batch
         table, idx = sent[0], {k: v.long() for k, v in zip(picks, sent[1:], strict=True)}
-        shots, mask, depth = [bg, fg_bg], batch.mask, batch.depth
+        shots, mask, depth, alpha = [bg, fg_bg], batch.mask, batch.depth, batch.alpha
 
         def par(name: str, i: torch.Tensor) -> torch.Tensor:
             return table[i][:, cols[name]]
@@ -169,9 +169,11 @@ class CaptureAugment:
         if "shapes" in idx:
             i = idx["shapes"]
             texture = bg.roll(1, 0).roll((h // 3, w // 3), (2, 3))[i]  # another sample's scene, moved
-            out, shape_mask, shape_depth = _paste_shape(fg_bg[i], mask[i], depth[i], texture, par, i)
+            out, shape_mask, shape_depth, shape_alpha = _paste_shape(fg_bg[i], mask[i], depth[i], texture, par, i)
             shots[FG_BG] = fg_bg.index_copy(0, i, out)
             mask, depth = mask.index_copy(0, i, shape_mask), depth.index_copy(0, i, shape_depth)
+            if alpha is not None:  # the shape lies over the object: a_s + (1 − a_s)·a
+                alpha = alpha.index_copy(0, i, shape_alpha + (1 - shape_alpha) * alpha[i])
         if "shadow" in idx:
             i = idx["shadow"]
             shots[FG_BG] = shots[FG_BG].index_copy(0, i, self._shadow(shots[FG_BG][i], mask[i], par, i))
@@ -195,7 +197,7 @@ class CaptureAugment:
                 field = torch.randn((len(i), 3, h, w), generator=gen, device=dev, dtype=bg.dtype)
                 out = shots[s][i] + par("noise_sigma", i)[:, s].view(-1, 1, 1, 1) * field
                 shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
-        return Batch(shots[BG], shots[FG_BG], mask, depth)
+        return Batch(shots[BG], shots[FG_BG], mask, depth, alpha)
 
     def _misalign(self, bg: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
         """The bg resampled as a slightly moved camera saw it (sub-pixel, bilinear)."""
@@ -238,11 +240,12 @@ class CaptureAugment:
 
 def _paste_shape(
     fg_bg: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor, texture: torch.Tensor, par: Params, i: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """An object with a random outline pasted into the scene: a wobbly ellipse, r < R(θ) =
     R0·(1 + Σ a_k cos(kθ + φ_k)), edge soft over 1 px, filled with `texture` mixed with a flat colour.
-    The mask gains it (alpha ≥ 0.5, the project's rule); the depth under it becomes the depth where
-    its lowest row touches the scene, never behind what it covers (max in inverse depth)."""
+    Returns fg_bg, mask, depth with it, and its own alpha. The mask gains it (alpha ≥ 0.5, the project's
+    rule); the depth under it becomes the depth where its lowest row touches the scene, never behind
+    what it covers (max in inverse depth)."""
     n, _, h, w = fg_bg.shape
     dev, dt = fg_bg.device, fg_bg.dtype
     centre = par("centre", i) * torch.tensor([w, h], device=dev, dtype=dt)
@@ -263,7 +266,7 @@ def _paste_shape(
     column = centre[:, 0].long().clamp(0, w - 1)
     contact = depth[torch.arange(n, device=dev), 0, bottom, column].view(-1, 1, 1, 1)
     depth = torch.where(shape > 0, torch.maximum(depth, contact), depth)
-    return alpha * fill + (1 - alpha) * fg_bg, torch.maximum(mask, shape), depth
+    return alpha * fill + (1 - alpha) * fg_bg, torch.maximum(mask, shape), depth, alpha
 
 
 def _bottom_edge(mask: torch.Tensor) -> torch.Tensor:

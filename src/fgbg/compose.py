@@ -1,4 +1,4 @@
-"""`compose` stage: every bg × fg × {plain, flipped} × position → fg_bg + mask, in tar shards.
+"""`compose` stage: every bg × fg × {plain, flipped} × position → fg_bg + mask + alpha, in tar shards.
 
 The whole plan (who goes where) is computed up front from the seed, vectorised; workers only
 render and encode their shard's rows, so the bytes of every shard are the same for any `jobs`.
@@ -55,27 +55,31 @@ class PastedFg(NamedTuple):
     premult: np.ndarray  # colour·a, uint16
     inv_alpha: np.ndarray  # 255 − a, uint16
     mask: np.ndarray  # (a ≥ 0.5) as {0, 255}
+    alpha: np.ndarray  # a, uint8 (the soft matte the blend used)
 
 
 def pasted_fg(fg_rgba: np.ndarray) -> PastedFg:
     premult, inv_alpha = premultiply(fg_rgba)
-    return PastedFg(premult, inv_alpha, mask_from_alpha(fg_rgba[..., 3]))
+    alpha = np.ascontiguousarray(fg_rgba[..., 3])
+    return PastedFg(premult, inv_alpha, mask_from_alpha(alpha), alpha)
 
 
-def paste_fg(canvas: np.ndarray, fg: PastedFg, x: int, y: int) -> np.ndarray:
+def paste_fg(canvas: np.ndarray, fg: PastedFg, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
     """canvas[y:y+h, x:x+w] ← a·fg + (1−a)·canvas (in place, exact integer rounding); returns the
-    mask (a ≥ 0.5 at the same place) on the canvas's grid."""
+    mask (a ≥ 0.5) and the alpha a at the same place, on the canvas's grid (0 outside the fg)."""
     blend_premultiplied(canvas, fg.premult, fg.inv_alpha, x, y)
     mask = np.zeros(canvas.shape[:2], np.uint8)
+    alpha = np.zeros(canvas.shape[:2], np.uint8)
     h, w = fg.mask.shape
     mask[y : y + h, x : x + w] = fg.mask
-    return mask
+    alpha[y : y + h, x : x + w] = fg.alpha
+    return mask, alpha
 
 
-def compose_one(bg: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
-    """fg_bg = a·fg + (1−a)·bg at (x, y); mask = (a ≥ 0.5) at the same place."""
+def compose_one(bg: np.ndarray, fg_rgba: np.ndarray, x: int, y: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fg_bg = a·fg + (1−a)·bg at (x, y); mask = (a ≥ 0.5) and alpha = a at the same place."""
     fg_bg = bg.copy()
-    return fg_bg, paste_fg(fg_bg, pasted_fg(fg_rgba), x, y)
+    return fg_bg, *paste_fg(fg_bg, pasted_fg(fg_rgba), x, y)
 
 
 # ---------------------------------------------------------------- geometry
@@ -163,17 +167,17 @@ class Composer:
     def _pasted(self, fg: int, flip: int, w: int, h: int) -> PastedFg:
         return pasted_fg(fg_variant(self.ps.fg[fg], bool(flip), w, h)[..., [2, 1, 0, 3]])
 
-    def render(self, row: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """One plan row → (fg_bg as BGR, mask): exactly the pixels the shard's JPEG encodes."""
+    def render(self, row: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One plan row → (fg_bg as BGR, mask, alpha): exactly the pixels the shard encodes."""
         _, bg, fg, flip, _, x, y, w, h = row
         fg_bg = self.bg_bgr[bg].copy()
-        return fg_bg, paste_fg(fg_bg, self.pasted(fg, flip, w, h), x, y)
+        return fg_bg, *paste_fg(fg_bg, self.pasted(fg, flip, w, h), x, y)
 
     def __call__(self, writer: ShardWriter, rows: np.ndarray) -> None:
         ps = self.ps
         for row in rows.tolist():
             split, bg, fg, flip, pos, x, y, w, h = row
-            fg_bg, mask = self.render(row)
+            fg_bg, mask, alpha = self.render(row)
             meta = {"bg": ps.bg_ids[bg], "fg": ps.fg_ids[fg], "flip": flip, "position": pos,
                     "box": [x, y, w, h], "split": SPLITS[split]}  # fmt: skip
             writer.add(
@@ -181,6 +185,7 @@ class Composer:
                 {
                     "jpg": encode_jpeg(fg_bg, self.quality, bgr=True),
                     "mask.png": encode_mask_png(mask),
+                    "alpha.png": encode_mask_png(alpha),
                     "json": json.dumps(meta, separators=(",", ":")).encode(),
                 },
             )
@@ -199,7 +204,7 @@ def run_compose(
     plan = make_plan(ps, compose)
     tasks = shard_tasks(plan, compose.shard_size)
     fingerprint = fingerprint_of(
-        "compose-v1",
+        "compose-v2",
         compose.model_dump(exclude={"jobs", "preview_samples"}),
         split.model_dump(),
         folder_fingerprint(prepared_dir),
@@ -219,7 +224,8 @@ def run_compose(
         return part_summary(part, records)
     _write_index(out_dir, ps, tasks)
     picked = preview_samples(out_dir, [t.name for t in tasks], compose.preview_samples)
-    preview = [[ps.bg_of(key), decode(files["jpg"]), decode(files["mask.png"])] for _, key, files in picked]
+    shown = ("jpg", "mask.png", "alpha.png")
+    preview = [[ps.bg_of(key), *(decode(files[f]) for f in shown)] for _, key, files in picked]
     return finish_stage(out_dir, fingerprint, records, preview)
 
 

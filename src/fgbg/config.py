@@ -136,6 +136,8 @@ class LossWeights(_Section):
     ssim: float = Field(1.0, ge=0)
     grad: float = Field(1.0, ge=0)
     log_depth: float = Field(0.2, ge=0)  # L1 of log depth in metres: what AbsRel and δ measure
+    alpha_l1: float = Field(1.0, ge=0)  # L1 of the soft alpha matte
+    alpha_grad: float = Field(1.0, ge=0)  # L1 of its image gradient: sharp, well-placed edges
 
 
 class MlflowParams(_Section):
@@ -257,6 +259,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)  # early stop after this many epochs without a better val loss
     augment_flip: bool = True
+    alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)

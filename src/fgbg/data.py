@@ -1,6 +1,6 @@
 """Training data from the shards: lean CPU workers, joining and normalisation on the device.
 
-Workers decode only fg_bg (uint8), mask (uint8) and depth (uint16 bits carried as int16) and
+Workers decode only fg_bg (uint8), mask and alpha (uint8) and depth (uint16 bits carried as int16) and
 send the bg's number; the bgs live once, as a uint8 table, on the device, and are joined there
 by index (DESIGN.md §4: this is what kept an H100 fed). Shards are read whole by one worker each,
 in an order shuffled per epoch from the seed, so an epoch's samples depend only on seed + epoch.
@@ -22,7 +22,8 @@ from fgbg.shards import ShardRecord, iter_shard, read_manifest, verify_shard
 
 
 class ShardSamples(IterableDataset):
-    """(fg_bg uint8 H×W×3, mask uint8 H×W, depth int16 H×W (uint16 bits), bg number, key) samples."""
+    """(fg_bg uint8 H×W×3, mask uint8 H×W, alpha uint8 H×W, depth int16 H×W (uint16 bits), bg number, key)
+    samples."""
 
     def __init__(
         self,
@@ -69,10 +70,14 @@ class ShardSamples(IterableDataset):
             order = rng.permutation(len(comps)) if self.shuffle else range(len(comps))
             for i in order:
                 key, files = comps[i]
+                if "alpha.png" not in files:
+                    raise ValueError(f"{self.composites_dir / name}: {key} has no alpha.png (composed before fgbg "
+                                     "stored the alpha matte): rerun `fgbg compose` (or `dvc repro`)")  # fmt: skip
                 depth = decode(depths[key]["depth.png"]).view(np.int16)
                 yield (
                     torch.from_numpy(decode(files["jpg"])),
                     torch.from_numpy(decode(files["mask.png"])),
+                    torch.from_numpy(decode(files["alpha.png"])),
                     torch.from_numpy(depth),
                     parse_key(key).bg_number,
                     key,
@@ -101,12 +106,14 @@ def bg_table(prepared_dir: Path, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Batch:
-    """A batch on the device: bg, fg_bg in [0, 1]; mask in {0, 1}; depth (inverse) in [0, 1]."""
+    """A batch on the device: bg, fg_bg in [0, 1]; mask in {0, 1}; depth (inverse) in [0, 1]; alpha (the
+    soft matte fg_bg was blended with) in [0, 1], None where a caller has no matte."""
 
     bg: torch.Tensor
     fg_bg: torch.Tensor
     mask: torch.Tensor
     depth: torch.Tensor
+    alpha: torch.Tensor | None = None
 
 
 def resize_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
@@ -120,16 +127,17 @@ def resize_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
 
 def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip: torch.Generator | None = None):
     """Collated worker output → Batch: join bgs by index, widen types, resize, optional flips."""
-    fg_bg, mask, depth, bg_idx = raw[:4]
+    fg_bg, mask, alpha, depth, bg_idx = raw[:5]
     fg_bg = fg_bg.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
     mask = mask.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    alpha = alpha.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     depth = (depth.to(device, non_blocking=True).int() & 0xFFFF).unsqueeze(1).float().div_(65535)
     bg = bgs[bg_idx.to(device)].float().div_(255)
     if size and size != fg_bg.shape[-1]:
-        bg, fg_bg = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg))
+        bg, fg_bg, alpha = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg, alpha))
         mask = (F.interpolate(mask, size=(size, size), mode="area") >= 0.5).float()
         depth = resize_depth(depth, size)
-    if flip is not None:  # the same mirror for bg, fg_bg, mask and depth of a sample
+    if flip is not None:  # the same mirror for bg, fg_bg, mask, alpha and depth of a sample
         coin = (torch.rand(fg_bg.shape[0], generator=flip) < 0.5).to(device).view(-1, 1, 1, 1)
-        bg, fg_bg, mask, depth = (torch.where(coin, t.flip(-1), t) for t in (bg, fg_bg, mask, depth))
-    return Batch(bg, fg_bg, mask, depth)
+        bg, fg_bg, mask, alpha, depth = (torch.where(coin, t.flip(-1), t) for t in (bg, fg_bg, mask, alpha, depth))
+    return Batch(bg, fg_bg, mask, depth, alpha)

@@ -18,11 +18,11 @@ from fgbg.convention import unit_to_u16
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.images import contact_sheet
 from fgbg.losses import total_loss
-from fgbg.metrics import DEPTH_METRICS, MASK_METRICS, depth_metrics, mask_metrics
+from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, alpha_metrics, depth_metrics, mask_metrics
 from fgbg.model import Outputs, infer, load_model
 from fgbg.tracking import record_results
 
-SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS]
+SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
 
 
 def predictions(
@@ -33,13 +33,18 @@ def predictions(
     for raw in make_loader(dataset, batch_size, workers, device):
         batch = to_device(raw, bgs, device, size)
         out = infer(net, batch.bg, batch.fg_bg)
-        loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, loss_weights)
-        per = {**mask_metrics((out.mask_logits > 0).float(), batch.mask), **depth_metrics(out.depth, batch.depth)}
-        yield list(raw[4]), batch, out, loss, per
+        loss, _ = total_loss(out, batch, loss_weights)
+        per = {
+            **mask_metrics((out.mask_logits > 0).float(), batch.mask),
+            **depth_metrics(out.depth, batch.depth),
+            **alpha_metrics(out.alpha, batch.alpha, batch.mask),
+        }
+        yield list(raw[-1]), batch, out, loss, per
 
 
 def prediction_sheet(batch: Batch, out: Outputs, n: int) -> np.ndarray:
-    """bg | fg_bg | mask gt | mask pred | depth gt | depth pred for the first n samples."""
+    """bg | fg_bg | mask gt | mask pred | alpha gt | alpha pred | depth gt | depth pred for the first n
+    samples."""
 
     def img(t):
         return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -48,6 +53,7 @@ def prediction_sheet(batch: Batch, out: Outputs, n: int) -> np.ndarray:
     for i in range(min(n, batch.bg.shape[0])):
         pred_mask = (out.mask_logits[i] > 0).float()
         rows.append([img(batch.bg[i]), img(batch.fg_bg[i]), img(batch.mask[i])[..., 0], img(pred_mask)[..., 0],
+                     img(batch.alpha[i])[..., 0], img(out.alpha[i])[..., 0],
                      unit_to_u16(batch.depth[i, 0]), unit_to_u16(out.depth[i, 0])])  # fmt: skip
     return contact_sheet(rows)
 
@@ -115,7 +121,7 @@ def _keep_extremes(kept: list, batch: Batch, out: Outputs, iou: torch.Tensor, k:
     picked = order if order.numel() <= 2 * half else torch.cat([order[:half], order[-half:]])
     for i in picked.tolist():  # only this batch's candidates leave the device
         one = slice(i, i + 1)
-        sample = Batch(*(t[one].cpu() for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth)))
+        sample = Batch(*(t[one].cpu() for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth, batch.alpha)))
         kept.append((float(iou[i]), sample, Outputs(*(t[one].cpu() for t in out))))
     kept.sort(key=lambda t: -t[0])
     return kept if len(kept) <= 2 * half else kept[:half] + kept[-half:]

@@ -22,7 +22,7 @@ def run_export(model_path: Path, out: Path, check: bool = True) -> dict:
         net,
         example,
         input_names=["bg", "fg_bg"],
-        output_names=["mask", "depth"],
+        output_names=["mask", "depth", "alpha"],
         dynamic_shapes={"bg": {0: batch}, "fg_bg": {0: batch}},
         dynamo=True,
         verbose=False,

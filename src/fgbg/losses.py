@@ -1,5 +1,5 @@
 """Losses: mask BCE + Dice; depth L1 + SSIM + image-gradient (DenseDepth-style) + log-depth L1;
-weights in params.
+alpha L1 + gradient L1; weights in params.
 
 L1 on normalised inverse depth barely sees far pixels (at 50 m an error of 7 % is 0.001), yet the
 test metrics (AbsRel, δ) are relative errors in metres: the log-depth term weighs every valid
@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from fgbg.config import LossWeights
 from fgbg.convention import DEPTH_VALID_MIN
 from fgbg.convention import inverse_to_metres as to_metres
+from fgbg.data import Batch
+from fgbg.model import Outputs
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -46,18 +48,23 @@ def log_depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (err * valid).sum() / valid.sum().clamp_min(1)
 
 
-def total_loss(
-    mask_logits: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, depth_gt: torch.Tensor, w: LossWeights
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum and its parts (as floats, for logging)."""
-    mask_logits, depth = mask_logits.float(), depth.float()
-    parts = {
-        "bce": F.binary_cross_entropy_with_logits(mask_logits, mask),
-        "dice": dice_loss(mask_logits, mask),
-        "l1": (depth - depth_gt).abs().mean(),
-        "ssim": ((1 - ssim(depth, depth_gt)) / 2).clamp(0, 1).mean(),
-        "grad": gradient_loss(depth, depth_gt),
-        "log_depth": log_depth_loss(depth, depth_gt),
+def total_loss(out: Outputs, batch: Batch, w: LossWeights) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum and its parts (as floats, for logging). The alpha terms (BackgroundMattingV2's
+    L1 on alpha and on its gradient) need the batch's matte; terms weighted 0 are not computed."""
+    mask_logits, depth, alpha = (t.float() for t in out)
+    mask, depth_gt = batch.mask, batch.depth
+    terms = {
+        "bce": lambda: F.binary_cross_entropy_with_logits(mask_logits, mask),
+        "dice": lambda: dice_loss(mask_logits, mask),
+        "l1": lambda: (depth - depth_gt).abs().mean(),
+        "ssim": lambda: ((1 - ssim(depth, depth_gt)) / 2).clamp(0, 1).mean(),
+        "grad": lambda: gradient_loss(depth, depth_gt),
+        "log_depth": lambda: log_depth_loss(depth, depth_gt),
+        "alpha_l1": lambda: (alpha - batch.alpha).abs().mean(),
+        "alpha_grad": lambda: gradient_loss(alpha, batch.alpha),
     }
+    if batch.alpha is None and (w.alpha_l1 or w.alpha_grad):
+        raise ValueError("the alpha loss needs the batch's alpha matte")
+    parts = {k: term() for k, term in terms.items() if getattr(w, k)}
     total = sum(getattr(w, k) * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}

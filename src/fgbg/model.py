@@ -1,4 +1,4 @@
-"""The mask + depth network and its file format: one home for build, normalisation, named
+"""The mask + depth + alpha network and its file format: one home for build, normalisation, named
 outputs, `model.pt` save/load and the inference forward that train, evaluate, predict, export,
 the MLflow model and the benchmarks all call. Nothing here knows about training."""
 
@@ -20,10 +20,12 @@ RGB = ("r", "g", "b")
 
 
 class Outputs(NamedTuple):
-    """The network's named outputs, each B×1×H×W: mask logits, normalised inverse depth."""
+    """The network's named outputs, each B×1×H×W: mask logits, normalised inverse depth, alpha
+    matte on [0, 1] (its own head, or the mask probability for a model built without one)."""
 
     mask_logits: torch.Tensor
     depth: torch.Tensor
+    alpha: torch.Tensor
 
 
 class Normaliser(torch.nn.Module):
@@ -54,13 +56,14 @@ class Normaliser(torch.nn.Module):
 
 
 def build_model(params: TrainParams) -> torch.nn.Module:
-    """U-Net with `in_channels=6` (bg, fg_bg) and 2 output maps: mask logits, depth."""
+    """U-Net with `in_channels=6` (bg, fg_bg) and 3 output maps: mask logits, depth, alpha logits
+    (2 without `alpha_head`)."""
     try:
         return smp.Unet(
             encoder_name=params.encoder,
             encoder_weights=params.encoder_weights,
             in_channels=6,
-            classes=2,
+            classes=3 if params.alpha_head else 2,
             decoder_channels=tuple(params.decoder_channels),
         )
     except (KeyError, ValueError, RuntimeError) as e:
@@ -80,7 +83,8 @@ class MaskDepthNet(torch.nn.Module):
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x)
-        return Outputs(out[:, :1], out[:, 1:2])
+        alpha_logits = out[:, 2:3] if out.shape[1] > 2 else out[:, :1]
+        return Outputs(out[:, :1], out[:, 1:2], torch.sigmoid(alpha_logits))
 
 
 def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
@@ -88,7 +92,7 @@ def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor) -> Output
     MaskDepthNet or a wrapper of one (DDP, torch.compile)."""
     with torch.autocast(bg.device.type, dtype=torch.bfloat16, enabled=bg.device.type == "cuda"):
         out = net(bg, fg_bg)
-    return Outputs(out.mask_logits.float(), out.depth.float())
+    return Outputs(*(t.float() for t in out))
 
 
 # ---------------------------------------------------------------- model.pt
@@ -124,7 +128,8 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
-    params = TrainParams.model_validate(data["train_params"])
+    saved = {"alpha_head": False, **data["train_params"]}  # files from before the alpha head have none
+    params = TrainParams.model_validate(saved)
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])
     net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]))
@@ -135,7 +140,7 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
 
 
 class Deployable(torch.nn.Module):
-    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth (B×1×H×W each): for ONNX."""
+    """bg, fg_bg (B×3×H×W, RGB on [0, 1]) → mask probability, depth, alpha (B×1×H×W each): for ONNX."""
 
     def __init__(self, net: MaskDepthNet):
         super().__init__()
@@ -143,12 +148,12 @@ class Deployable(torch.nn.Module):
 
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
         out = self.net(bg, fg_bg)
-        return torch.sigmoid(out.mask_logits), out.depth
+        return torch.sigmoid(out.mask_logits), out.depth, out.alpha
 
 
 class PackedDeployable(torch.nn.Module):
     """One array in, one out, for MLflow's pyfunc: bg ⊕ fg_bg (B×6×H×W on [0, 1], H and W
-    multiples of 32) → mask probability ⊕ depth (B×2×H×W)."""
+    multiples of 32) → mask probability ⊕ depth ⊕ alpha (B×3×H×W)."""
 
     def __init__(self, net: MaskDepthNet):
         super().__init__()

@@ -1,4 +1,4 @@
-"""`stats` stage: mean/std per channel of bg, fg_bg, mask and depth over the train split.
+"""`stats` stage: mean/std per channel of bg, fg_bg, mask, alpha and depth over the train split.
 
 Streamed shard by shard in worker processes; sums are exact integers (no float drift), so the
 figures are identical for any number of workers. Values are on a [0, 1] scale, as the model's
@@ -62,7 +62,7 @@ class _Hist:
 
 
 def _new_totals() -> dict[str, _Hist]:
-    return {"fg_bg": _Hist(3, 256), "mask": _Hist(1, 2), "depth": _Hist(1, 65536)}
+    return {"fg_bg": _Hist(3, 256), "mask": _Hist(1, 2), "alpha": _Hist(1, 256), "depth": _Hist(1, 65536)}
 
 
 def _shard_moments(args: tuple[str, str]) -> dict[str, _Hist]:
@@ -74,6 +74,7 @@ def _shard_moments(args: tuple[str, str]) -> dict[str, _Hist]:
             raise ValueError(f"{depth_path}: sample {dkey} where {comp_path} has {key}")
         acc["fg_bg"].add(decode(comp["jpg"]))
         acc["mask"].add(decode(comp["mask.png"]) // 255)
+        acc["alpha"].add(decode(comp["alpha.png"]))
         acc["depth"].add(decode(depth["depth.png"]))
     return acc
 
@@ -119,6 +120,7 @@ def run_stats(params: StatsParams, prepared_dir: Path, composites_dir: Path, dep
         "bg": bg.result(255.0, RGB),
         "fg_bg": totals["fg_bg"].result(255.0, RGB),
         "mask": totals["mask"].result(1.0),
+        "alpha": totals["alpha"].result(255.0),
         "depth": totals["depth"].result(65535.0),
         "depth_convention": DEPTH_CONVENTION_SHORT,
     }

@@ -100,7 +100,7 @@ class TrainRun:
     def finish(self, model_path: Path, checkpoint: Path, params: MlflowParams) -> None:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
         and log (and register) model.pt's best weights with their normalisation: bg ⊕ fg_bg on
-        [0, 1] in, mask prob ⊕ depth out, any batch and H, W (multiples of 32)."""
+        [0, 1] in, mask prob ⊕ depth ⊕ alpha out, any batch and H, W (multiples of 32)."""
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -114,7 +114,7 @@ class TrainRun:
         f32 = np.dtype(np.float32)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
-            outputs=Schema([TensorSpec(f32, (-1, 2, -1, -1))]),
+            outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
         )
         self.mlflow.pytorch.log_model(
             PackedDeployable(loaded.net).eval(),

@@ -145,7 +145,7 @@ def run_train(
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
             batch = augment(to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None))
             out = infer(net, batch.bg, batch.fg_bg)
-            loss, _ = total_loss(out.mask_logits, out.depth, batch.mask, batch.depth, params.loss)
+            loss, _ = total_loss(out, batch, params.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
