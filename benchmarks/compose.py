@@ -110,9 +110,11 @@ def main() -> None:
     dt = time.perf_counter() - t0
     n = manifest["samples"]
     own, child = peak_rss_mb()
-    files = sum(1 for _ in (work / "composites").rglob("*") if _.is_file())
+    stored = [p for p in (work / "composites").rglob("*") if p.is_file()]
+    files, size = len(stored), sum(p.stat().st_size for p in stored)
     print(f"machine: {os.cpu_count()} cores; jobs={jobs}; seed scale 192/96; {n} triplets")
-    print(f"compose: {n / dt:,.0f} triplets/s ({dt:.1f} s), {files} files")
+    print(f"compose: {n / dt:,.0f} triplets/s ({dt:.1f} s), {files} files, {size / 1e9:.2f} GB "
+          f"({size / n / 1e3:.1f} kB per sample: fg_bg JPEG + mask + alpha PNG + JSON)")  # fmt: skip
     print(f"compose peak RSS: main {own:,.0f} MB, largest worker {child:,.0f} MB")
 
     if args.parts:

@@ -26,7 +26,8 @@ class Differencing(torch.nn.Module):
 
     def forward(self, bg, fg_bg):
         diff = (fg_bg - bg).abs().amax(1, keepdim=True)
-        return Outputs((diff - 0.08) * 200, torch.zeros_like(diff))
+        logits = (diff - 0.08) * 200
+        return Outputs(logits, torch.zeros_like(diff), torch.sigmoid(logits))
 
 
 def differencing_model(input_size: int = 128) -> LoadedModel:
@@ -47,6 +48,8 @@ def test_check_writes_iou_per_condition_csv_sheet_and_mlflow(trained, tmp_path):
     for check in CHECKS:  # the JSON means are the CSV's, per check
         ious = [float(r["iou"]) for r in rows if r["check"] == check]
         assert saved[f"iou_{check}"] == pytest.approx(np.mean(ious), abs=1e-5)
+        sads = [float(r["alpha_sad"]) for r in rows if r["check"] == check]
+        assert saved[f"alpha_sad_{check}"] == pytest.approx(np.mean(sads), abs=1e-5) and min(sads) >= 0
     assert {r["aligned"] for r in rows if r["check"] == "handheld_unaligned"} == {"False"}
     sheet = np.asarray(Image.open(tmp_path / "captures_sheet.png"))
     assert sheet.shape == (len(CHECKS) * 66 - 2, 5 * 66 - 2, 3)  # the worst pair of every check
@@ -64,6 +67,8 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
     r = run_check_captures(CapturesParams(per_photo=2, size=128), tmp_path / "model.pt", tmp_path, "cpu",
                            log=lambda _: None)  # fmt: skip
     assert r["iou_clean"] > 0.9
+    # its alpha is its (hard) mask: on a clean 128² pair the error is the object's soft rim, a few px of it
+    assert r["alpha_sad_clean"] < 0.2 * r["alpha_sad_handheld_unaligned"]
     assert r["iou_handheld_unaligned"] < 0.5  # every edge of the moved scene lights up
     assert r["handheld_aligned"] == 6 and r["handheld_align_failed"] == 0
     assert r["iou_handheld"] > r["iou_handheld_unaligned"] + 0.15  # (its mild exposure change remains)
@@ -73,13 +78,13 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
 
 def test_gaps_are_paired_over_the_same_composites():
     rows = [
-        {"name": "a", "check": "clean", "iou": 0.9, "aligned": False, "warning": ""},
-        {"name": "b", "check": "clean", "iou": 0.5, "aligned": False, "warning": ""},
-        {"name": "a", "check": "shift", "iou": 0.8, "aligned": False, "warning": ""},
-        {"name": "b", "check": "shift", "iou": 0.5, "aligned": False, "warning": ""},
-        {"name": "a", "check": "tripod", "iou": 0.6, "aligned": False, "warning": ""},
-        {"name": "a", "check": "handheld", "iou": 0.7, "aligned": True, "warning": ""},
-        {"name": "b", "check": "handheld", "iou": 0.1, "aligned": False, "warning": "too few matches"},
+        {"name": "a", "check": "clean", "iou": 0.9, "alpha_sad": 0.2, "aligned": False, "warning": ""},
+        {"name": "b", "check": "clean", "iou": 0.5, "alpha_sad": 0.2, "aligned": False, "warning": ""},
+        {"name": "a", "check": "shift", "iou": 0.8, "alpha_sad": 0.2, "aligned": False, "warning": ""},
+        {"name": "b", "check": "shift", "iou": 0.5, "alpha_sad": 0.2, "aligned": False, "warning": ""},
+        {"name": "a", "check": "tripod", "iou": 0.6, "alpha_sad": 0.2, "aligned": False, "warning": ""},
+        {"name": "a", "check": "handheld", "iou": 0.7, "alpha_sad": 0.2, "aligned": True, "warning": ""},
+        {"name": "b", "check": "handheld", "iou": 0.1, "alpha_sad": 0.2, "aligned": False, "warning": "few matches"},
     ]
     s = summarise(rows)
     assert s["objects"] == 2 and s["iou_clean"] == pytest.approx(0.7)

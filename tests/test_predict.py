@@ -12,7 +12,7 @@ from fgbg.align import apply_homography
 from fgbg.capture_pairs import capture_pairs, real_photos
 from fgbg.config import TrainParams
 from fgbg.model import LoadedModel
-from fgbg.predict import align_bg, network_size, run_predict, trained_tolerance_px
+from fgbg.predict import align_bg, lift_onto, network_size, run_predict, trained_tolerance_px
 
 
 def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):
@@ -22,12 +22,17 @@ def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):
     for name, (h, w) in (("a.png", (70, 100)), ("b.jpg", (45, 45))):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "bg" / name)
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "fg_bg" / name)
-    written = run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu", "never")
-    assert len(written) == 10  # mask, depth, colour depth, overlay, alignment json per pair
+    Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)).save(tmp_path / "beach.jpg")
+    written = run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu", "never",
+                          onto=tmp_path / "beach.jpg")  # fmt: skip
+    assert len(written) == 14  # mask, alpha, depth, colour depth, overlay, onto, alignment json per pair
     mask = np.asarray(Image.open(tmp_path / "out" / "a_mask.png"))
     depth = np.asarray(Image.open(tmp_path / "out" / "a_depth.png"))
+    alpha = np.asarray(Image.open(tmp_path / "out" / "a_alpha.png"))
     assert mask.shape == (70, 100) and set(np.unique(mask)) <= {0, 255}
     assert depth.shape == (70, 100) and depth.dtype == np.uint16
+    assert alpha.shape == (70, 100) and alpha.dtype == np.uint8
+    assert np.asarray(Image.open(tmp_path / "out" / "a_onto.png")).shape == (70, 100, 3)  # the photo's size
     assert network_size(480, 640, 192) == (192, 256)  # aspect kept, sides multiples of 32
     assert np.asarray(Image.open(tmp_path / "out" / "b_overlay.png")).shape == (45, 45, 3)
 
@@ -97,3 +102,26 @@ def test_the_trained_tolerance_comes_from_the_models_misalignment_range():
     assert trained_tolerance_px(loaded(misalign={"translate": 0.02})) == pytest.approx(2.56)
     assert trained_tolerance_px(loaded(enabled=False)) == 0.5
     assert trained_tolerance_px(loaded(misalign={"p": 0.0})) == 0.5
+
+
+def test_lifting_onto_a_new_background_removes_the_old_scene_from_soft_edges():
+    """fg_bg = a·F + (1 − a)·B with a soft matte: with the true alpha and the empty plate B the
+    result is a·F + (1 − a)·N (the colour of the old scene gone from the edges); pasting fg_bg with
+    the alpha alone would keep (1 − a)·a·(B − N)-sized fringes."""
+    rng = np.random.default_rng(5)
+    h, w = 40, 60
+    fg = rng.uniform(0, 255, (h, w, 3))
+    bg = rng.uniform(0, 255, (h, w, 3))
+    new = rng.uniform(0, 255, (h, w, 3))
+    yy, xx = np.mgrid[:h, :w]
+    a = np.clip(1.5 - np.hypot(yy - 20, xx - 30) / 8, 0, 1)  # solid core, a wide soft edge
+    a8 = np.round(a * 255).astype(np.uint8)
+    a = a8[..., None] / 255.0
+    fg_bg = np.round(a * fg + (1 - a) * bg).astype(np.uint8)
+    got = lift_onto(fg_bg, bg.round().astype(np.uint8), a8, new.round().astype(np.uint8)).astype(float)
+    want = a * fg + (1 - a) * new
+    edge = (a[..., 0] > 0.3) & (a[..., 0] < 1)
+    assert edge.sum() > 50 and np.abs(got - want)[edge].max() < 4  # rounding of the 8-bit inputs only
+    np.testing.assert_array_equal(got[a[..., 0] == 0], new.round()[a[..., 0] == 0])
+    naive = a * fg_bg + (1 - a) * new
+    assert np.abs(naive - want)[edge].mean() > 5 * np.abs(got - want)[edge].mean()

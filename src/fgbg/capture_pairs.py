@@ -62,6 +62,7 @@ class CapturePair:
     mask: np.ndarray  # uint8 {0,255}: the object only, never its shadow
     true_matrix: np.ndarray
     info: dict = field(default_factory=dict)  # the draws (gains, shadow strength, ...) for reports
+    alpha: np.ndarray | None = None  # float32 size×size on [0, 1]: the matte the object was pasted with
 
 
 # ---------------------------------------------------------------- photos
@@ -197,7 +198,9 @@ def _conditions(
             bg = photometric(camera.shot(hand_m), mild_bg, _HAND_BG)
             fg_bg = photometric(clean, mild_fg, _HAND_FG)
             matrix, extra = hand_m, {**hand_info, "camera_bg": mild_bg, "camera_fg_bg": mild_fg}
-        yield CapturePair(name, condition, _to_u8(bg), _to_u8(fg_bg), mask.copy(), matrix.copy(), {**info, **extra})
+        yield CapturePair(
+            name, condition, _to_u8(bg), _to_u8(fg_bg), mask.copy(), matrix.copy(), {**info, **extra}, alpha.copy()
+        )
 
 
 def pairs_sheet(pairs: Sequence[CapturePair]) -> np.ndarray:

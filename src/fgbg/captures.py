@@ -9,8 +9,8 @@ the figures are what a user gets:
 - handheld: `fgbg predict`'s default `--align auto` (registered when beyond the trained range);
 - handheld_unaligned: the same pairs without alignment (what --align saves).
 
-Writes captures.json (mean IoU per condition, each tripod condition's gap to clean, paired over
-the same composites), captures_samples.csv and captures_sheet.png (the worst pair per condition).
+Writes captures.json (mean IoU and alpha SAD per condition, each tripod condition's IoU gap to
+clean, paired over the same composites), captures_samples.csv and captures_sheet.png (the worst pair per condition).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fgbg.tracking import record_results
 
 TRIPOD = ("shift", "photometric", "shadow", "tripod")
 CHECKS = (*CONDITIONS, "handheld_unaligned")
-SAMPLE_FIELDS = ("name", "check", "iou", "aligned", "shift_px", "warning")
+SAMPLE_FIELDS = ("name", "check", "iou", "alpha_sad", "alpha_mse", "aligned", "shift_px", "warning")
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -54,9 +54,11 @@ def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tole
             runs.append((check, pair, bg, report))
     predicted = predict_batch(loaded, [bg for _, _, bg, _ in runs], [pair.fg_bg for _, pair, _, _ in runs])
     results = []
-    for (check, pair, _, report), (mask, _) in zip(runs, predicted, strict=True):
-        record = {"name": pair.name, "check": check, "iou": mask_iou(mask, pair.mask), "aligned": report.aligned,
-                  "shift_px": report.shift_px, "warning": report.warning}  # fmt: skip
+    for (check, pair, _, report), (mask, _, alpha) in zip(runs, predicted, strict=True):
+        error = alpha / 255.0 - pair.alpha  # against the matte the object was pasted with
+        record = {"name": pair.name, "check": check, "iou": mask_iou(mask, pair.mask),
+                  "alpha_sad": float(np.abs(error).sum() / 1000), "alpha_mse": float(np.square(error).mean()),
+                  "aligned": report.aligned, "shift_px": report.shift_px, "warning": report.warning}  # fmt: skip
         results.append((check, pair, mask, record))
     return results
 
@@ -68,6 +70,7 @@ def summarise(rows: list[dict]) -> dict:
     for check in CHECKS:
         if by[check]:
             result[f"iou_{check}"] = float(np.mean(list(by[check].values())))
+            result[f"alpha_sad_{check}"] = float(np.mean([r["alpha_sad"] for r in rows if r["check"] == check]))
     for check in (*TRIPOD, "handheld", "handheld_unaligned"):
         paired = [by["clean"][n] - iou for n, iou in by[check].items() if n in by["clean"]]
         if paired:

@@ -238,6 +238,10 @@ def check_captures(
 
 ALIGN_HELP = "Register the bg onto the fg_bg first: auto (camera moved beyond the trained range), always, never."
 ALIGN_ABOVE_HELP = "auto aligns above this camera shift (px at the model's input size); default: the trained range."
+ONTO_HELP = (
+    "A new background photo: writes <name>_onto.png, the object lifted from fg_bg with the predicted "
+    "alpha (edge colour freed of the old scene using the bg shot)."
+)
 
 
 @app.command()
@@ -250,11 +254,13 @@ def predict(
     device: str = "auto",
     align: Annotated[str, typer.Option(help=ALIGN_HELP)] = "auto",
     align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
+    onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
 ) -> None:
-    """Mask and depth for bg + fg_bg photos of any size (mask, 16-bit depth, colour depth, overlay, alignment)."""
+    """Mask, alpha and depth for bg + fg_bg photos of any size (mask, alpha matte, 16-bit depth, colour
+    depth, overlay, alignment; the object on a new background with --onto)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, log=_log)
+    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, log=_log)
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 
@@ -265,7 +271,7 @@ def export(
     out: Path = MODELS / "model.onnx",
     check: Annotated[bool, typer.Option(help="Compare onnxruntime's output with torch's.")] = True,
 ) -> None:
-    """Export the model to ONNX (inputs bg, fg_bg on [0, 1]; outputs mask probability, depth)."""
+    """Export the model to ONNX (inputs bg, fg_bg on [0, 1]; outputs mask probability, depth, alpha)."""
     from fgbg.export import run_export
 
     typer.echo(json.dumps(run_export(model, out, check)), err=True)

@@ -8,10 +8,14 @@ decompression bombs, modes and EXIF orientation far better than OpenCV does.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -23,7 +27,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MASK_THRESHOLD = 128  # mask = alpha >= 0.5
 
 _JPEG_FLAGS = cv2.IMWRITE_JPEG_QUALITY
-_MASK_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 class BadImage(ValueError):
@@ -91,12 +94,63 @@ def encode_png(img: np.ndarray, compression: int = 1, png_filter: int | None = N
     return buf.tobytes()
 
 
-def encode_mask_png(mask: np.ndarray) -> bytes:
-    """Masks and alpha mattes (8-bit, one channel) are mostly flat 0 or 255 areas: no PNG filter
-    is both the least effort and small (~0.04 ms)."""
-    ok, buf = cv2.imencode(".png", mask, _MASK_PNG)
-    assert ok
-    return buf.tobytes()
+def encode_placed_png(plane: np.ndarray, x: int, y: int, width: int, height: int) -> bytes:
+    """8-bit gray PNG of a width×height canvas that is 0 except `plane` placed at (x, y): a pasted
+    object's mask or alpha, encoded without building the canvas (the compose stage writes two per
+    sample). Only the plane's rows are deflated, and that part depends on x, not y, so a caller
+    that pastes one plane many times can keep `deflate_plane_rows`'s result (fgbg.compose does)."""
+    last = int(y) + plane.shape[0] >= int(height)
+    return placed_png(deflate_plane_rows(plane, x, width, last), y, plane.shape[0], width, height)
+
+
+class DeflatedRows(NamedTuple):
+    data: bytes  # raw deflate of the rows, byte-aligned (final block when `last`)
+    adler_a: int  # their zlib checksum's two halves, from the standard start (1, 0)
+    adler_b: int
+
+
+def deflate_plane_rows(plane: np.ndarray, x: int, width: int, last: bool) -> DeflatedRows:
+    """The scanlines (filter byte 0, then pixels) of `plane` placed at column x of a `width`-wide
+    canvas, deflated with the run-length strategy (runs of 0 and 255 with soft edges: ~3× faster
+    than OpenCV's PNG and half the size)."""
+    h, w = plane.shape
+    raw = np.zeros((h, int(width) + 1), np.uint8)
+    raw[:, 1 + int(x) : 1 + int(x) + w] = plane
+    c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    data = c.compress(raw.data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    adler = zlib.adler32(raw.data)
+    return DeflatedRows(data, adler & 0xFFFF, adler >> 16)
+
+
+def placed_png(rows: DeflatedRows, y: int, h: int, width: int, height: int) -> bytes:
+    """The PNG around deflated plane rows at row y: the empty rows above and below are deflate
+    blocks made once per height, and their zero bytes enter the checksum arithmetically (n zero
+    bytes leave adler's a and add n·a to its b, mod 65521)."""
+    y, width, height = int(y), int(width), int(height)
+    row_bytes, below = width + 1, height - y - h
+    deflated = [_empty_rows(width, y, last=False)] if y else []
+    deflated.append(rows.data)
+    if below:
+        deflated.append(_empty_rows(width, below, last=True))
+    a = rows.adler_a
+    b = (rows.adler_b + y * row_bytes + below * row_bytes * a) % 65521
+    stream = b"\x78\x01" + b"".join(deflated) + (b << 16 | a).to_bytes(4, "big")
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+@lru_cache(maxsize=1024)
+def _empty_rows(width: int, rows: int, last: bool) -> bytes:
+    """Raw deflate of `rows` all-zero scanlines, byte-aligned so more blocks can follow (or final)."""
+    c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
+    return c.compress(bytes(rows * (width + 1))) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
 def decode(data: bytes | np.ndarray, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -204,16 +258,18 @@ def _to_8bit_rgb(im: Image.Image, notes: list[str]) -> np.ndarray:
 # ---------------------------------------------------------------- pixel operations
 
 
-def resize_cover_crop(img: np.ndarray, size: int) -> np.ndarray:
-    """Scale so the short side is `size`, then centre-crop to size×size (bg normalisation)."""
+def resize_cover_crop(img: np.ndarray, size: int, width: int | None = None) -> np.ndarray:
+    """Scale so the image covers size×size (bg normalisation) or size×`width` (height × width),
+    then centre-crop to it."""
     h, w = img.shape[:2]
-    scale = size / min(h, w)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    out_h, out_w = size, width or size
+    scale = max(out_h / h, out_w / w)
+    nw, nh = max(out_w, round(w * scale)), max(out_h, round(h * scale))
     if (nw, nh) != (w, h):
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         img = cv2.resize(img, (nw, nh), interpolation=interp)
-    y0, x0 = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(img[y0 : y0 + size, x0 : x0 + size])
+    y0, x0 = (nh - out_h) // 2, (nw - out_w) // 2
+    return np.ascontiguousarray(img[y0 : y0 + out_h, x0 : x0 + out_w])
 
 
 def resize_rgba(rgba: np.ndarray, width: int, height: int) -> np.ndarray:

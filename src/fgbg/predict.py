@@ -1,4 +1,5 @@
-"""`fgbg predict`: bg + fg_bg photos (any size) → mask PNG, 16-bit depth PNG, colour depth, overlay.
+"""`fgbg predict`: bg + fg_bg photos (any size) → mask PNG, alpha matte, 16-bit depth PNG, colour depth,
+overlay; with `--onto`, the object lifted onto another background.
 
 Handheld pairs are registered first (fgbg.align) when the camera moved more than the model was
 trained to tolerate; the shift found is written next to the outputs (`<name>.json`).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -18,7 +20,14 @@ import torch.nn.functional as F
 from fgbg.align import estimate_alignment, is_misaligned, warp_bg
 from fgbg.config import resolve_device
 from fgbg.convention import unit_to_u16
-from fgbg.images import IMAGE_SUFFIXES, atomic_write_bytes, depth_to_colour, encode_png, load_raw_image
+from fgbg.images import (
+    IMAGE_SUFFIXES,
+    atomic_write_bytes,
+    depth_to_colour,
+    encode_png,
+    load_raw_image,
+    resize_cover_crop,
+)
 from fgbg.model import LoadedModel, infer, load_model
 
 _LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
@@ -47,16 +56,21 @@ def network_size(h: int, w: int, size: int) -> tuple[int, int]:
     return tuple(max(32, round(side * scale / 32) * 32) for side in (h, w))
 
 
-def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mask uint8 {0, 255}, depth uint16) at fg_bg's size, predicted at the model's input scale
-    with the photo's aspect ratio kept."""
-    ((mask, depth),) = predict_batch(loaded, [bg_img], [fg_bg_img])
-    return mask, depth
+class Prediction(NamedTuple):
+    """One pair's outputs at fg_bg's size."""
+
+    mask: np.ndarray  # uint8 {0, 255}
+    depth: np.ndarray  # uint16, the project's inverse-depth convention
+    alpha: np.ndarray  # uint8 0..255
 
 
-def predict_batch(
-    loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray]
-) -> list[tuple[np.ndarray, np.ndarray]]:
+def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray) -> Prediction:
+    """Mask, depth and alpha at fg_bg's size, predicted at the model's input scale with the photo's
+    aspect ratio kept."""
+    return predict_batch(loaded, [bg_img], [fg_bg_img])[0]
+
+
+def predict_batch(loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray]) -> list[Prediction]:
     """predict_pair for pairs of one size in one forward pass."""
     dev = next(loaded.net.parameters()).device
     h, w = fg_bg_imgs[0].shape[:2]
@@ -70,8 +84,23 @@ def predict_batch(
         out = infer(loaded.net, tensor(bg_imgs), tensor(fg_bg_imgs))
         prob = F.interpolate(torch.sigmoid(out.mask_logits), size=(h, w), mode="bilinear", align_corners=False)
         depth = F.interpolate(out.depth, size=(h, w), mode="bilinear", align_corners=False)
+        alpha = F.interpolate(out.alpha, size=(h, w), mode="bilinear", align_corners=False)
         masks = ((prob[:, 0] >= 0.5).byte() * 255).cpu().numpy()
-        return [(masks[i], unit_to_u16(depth[i, 0])) for i in range(len(masks))]
+        alphas = (alpha[:, 0].clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return [Prediction(masks[i], unit_to_u16(depth[i, 0]), alphas[i]) for i in range(len(masks))]
+
+
+def lift_onto(fg_bg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, new_bg: np.ndarray) -> np.ndarray:
+    """The object of fg_bg composited onto `new_bg` (all H×W, uint8) with the matte `alpha`.
+
+    Edge pixels of fg_bg are a blend I = a·F + (1 − a)·B of the object's colour F and the old
+    background B; pasting I itself would carry a fringe of the old scene. The empty plate gives B,
+    so F = (I − (1 − a)·B) / a (clipped; I where a is tiny) and the result is a·F + (1 − a)·new."""
+    i, b, n = (x.astype(np.float32) for x in (fg_bg, bg, new_bg))
+    a = alpha.astype(np.float32)[..., None] / 255
+    solid = a > 0.05
+    fg = np.where(solid, np.clip((i - (1 - a) * b) / np.maximum(a, 0.05), 0, 255), i)
+    return np.clip(a * fg + (1 - a) * n, 0, 255).round().astype(np.uint8)
 
 
 @dataclass
@@ -139,16 +168,18 @@ def align_bg(
 
 def run_predict(
     model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
-    align_above_px: float | None = None, log=print,
+    align_above_px: float | None = None, onto: Path | None = None, log=print,
 ) -> list[Path]:  # fmt: skip
-    """Predict each pair; outputs (mask, 16-bit depth, colour depth, overlay, `<name>.json` with the
-    alignment) at the photo's size. `align_above_px` (at the model's input size) overrides the
-    trained tolerance that triggers alignment under `align="auto"`."""
+    """Predict each pair; outputs (mask, alpha, 16-bit depth, colour depth, overlay, `<name>.json` with
+    the alignment, and with `onto` the object on that background) at the photo's size.
+    `align_above_px` (at the model's input size) overrides the trained tolerance that triggers
+    alignment under `align="auto"`."""
     if align not in ALIGN_MODES:
         raise ValueError(f"--align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
     dev = resolve_device(device)
     loaded = load_model(Path(model_path), dev)
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
+    new_bg = None if onto is None else load_raw_image(Path(onto), **_LIMITS).pixels[..., :3]
     written = []
     for bg_path, fg_bg_path in pairs(bg, fg_bg):
         bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
@@ -164,15 +195,18 @@ def run_predict(
         if report.aligned:
             log(f"{fg_bg_path.name}: bg aligned to the fg_bg (camera moved {report.shift_px} px, "
                 f"{report.rotation_deg}°)")  # fmt: skip
-        mask, depth16 = predict_pair(loaded, bg_img, fg_bg_img)
+        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
         overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(overlay, contours, -1, (255, 255, 0), 1)
         stem = fg_bg_path.stem
-        for suffix, img in (("mask", mask), ("depth", depth16), ("depth_color", depth_to_colour(depth16)),
-                            ("overlay", overlay)):  # fmt: skip
+        images = [("mask", mask), ("alpha", alpha), ("depth", depth16), ("depth_color", depth_to_colour(depth16)),
+                  ("overlay", overlay)]  # fmt: skip
+        if new_bg is not None:
+            images.append(("onto", lift_onto(fg_bg_img, bg_img, alpha, resize_cover_crop(new_bg, h, w))))
+        for suffix, img in images:
             path = Path(out_dir) / f"{stem}_{suffix}.png"
             atomic_write_bytes(path, encode_png(img, 3))
             written.append(path)
