@@ -166,9 +166,9 @@ class Composer:
         self.bg_bgr = [np.ascontiguousarray(b[..., ::-1]) for b in self.ps.bg]
         self.pasted = lru_cache(maxsize=4096)(self._pasted)
         self.height, self.width = self.bg_bgr[0].shape[:2]
-        # a fg form lands at ~100 columns over its ~2,000 pastes at seed scale: its deflated
-        # mask/alpha rows are made once per column (≤ 40 MB per worker)
-        self.deflated = lru_cache(maxsize=16384)(self._deflated)
+        # a fg form lands at ~100–190 columns over its ~2,000 pastes at seed scale: its deflated
+        # mask/alpha rows are made once per column (~28k forms × columns: ≤ 60 MB per worker)
+        self.deflated = lru_cache(maxsize=65536)(self._deflated)
 
     def _pasted(self, fg: int, flip: int, w: int, h: int) -> PastedFg:
         return pasted_fg(fg_variant(self.ps.fg[fg], bool(flip), w, h)[..., [2, 1, 0, 3]])
