@@ -61,7 +61,7 @@ def test_shipped_renderer_matches_a_float_reference_pixel_for_pixel(tiny_prepare
     split = TINY_SPLIT
     ps = PreparedSet(tiny_prepared, split)
     plan = make_plan(ps, TINY_COMPOSE.model_copy(update={"scale_jitter": 0.4}))
-    composer = Composer(tiny_prepared, split, 90)
+    composer = Composer(ps, 90)
     diffs = []
     for row in plan.tolist():
         _, bg, fg, flip, _, x, y, w, h = row

@@ -160,8 +160,8 @@ class Composer:
     channel-swap copy per sample), and caches each pasted fg form (size × flip) once.
     """
 
-    def __init__(self, prepared_dir: Path, split: SplitParams, jpeg_quality: int):
-        self.ps = PreparedSet(Path(prepared_dir), split)
+    def __init__(self, ps: PreparedSet, jpeg_quality: int):
+        self.ps = ps  # the stage's own, already loaded: a part (or a run) reads the prepared set once
         self.quality = jpeg_quality
         self.bg_bgr = [np.ascontiguousarray(b[..., ::-1]) for b in self.ps.bg]
         self.pasted = lru_cache(maxsize=4096)(self._pasted)
@@ -227,7 +227,7 @@ def run_compose(
     records = build_shards(
         out_dir,
         tasks,
-        partial(Composer, prepared_dir, split, compose.jpeg_quality),
+        partial(Composer, ps, compose.jpeg_quality),
         fingerprint=fingerprint,
         jobs=resolve_jobs(compose.jobs),
         desc="compose",
