@@ -19,11 +19,11 @@ import numpy as np
 
 from fgbg.config import ComposeParams, SplitParams, resolve_jobs
 from fgbg.images import (
-    DeflatedRows,
+    DeflatedPlane,
     atomic_write_bytes,
     blend_premultiplied,
     decode,
-    deflate_plane_rows,
+    deflate_plane,
     encode_jpeg,
     mask_from_alpha,
     placed_png,
@@ -166,16 +166,14 @@ class Composer:
         self.bg_bgr = [np.ascontiguousarray(b[..., ::-1]) for b in self.ps.bg]
         self.pasted = lru_cache(maxsize=4096)(self._pasted)
         self.height, self.width = self.bg_bgr[0].shape[:2]
-        # a fg form lands at ~100–190 columns over its ~2,000 pastes at seed scale: its deflated
-        # mask/alpha rows are made once per column (~28k forms × columns: ≤ 60 MB per worker)
-        self.deflated = lru_cache(maxsize=65536)(self._deflated)
+        self.deflated = lru_cache(maxsize=4096)(self._deflated)  # per fg form, like `pasted`
 
     def _pasted(self, fg: int, flip: int, w: int, h: int) -> PastedFg:
         return pasted_fg(fg_variant(self.ps.fg[fg], bool(flip), w, h)[..., [2, 1, 0, 3]])
 
-    def _deflated(self, fg: int, flip: int, w: int, h: int, x: int, last: bool) -> tuple[DeflatedRows, DeflatedRows]:
+    def _deflated(self, fg: int, flip: int, w: int, h: int) -> tuple[DeflatedPlane, DeflatedPlane]:
         pasted = self.pasted(fg, flip, w, h)
-        return tuple(deflate_plane_rows(plane, x, self.width, last) for plane in (pasted.mask, pasted.alpha))
+        return deflate_plane(pasted.mask, self.width), deflate_plane(pasted.alpha, self.width)
 
     def render(self, row: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One plan row → (fg_bg as BGR, mask, alpha): exactly the pixels the shard encodes."""
@@ -185,22 +183,22 @@ class Composer:
 
     def __call__(self, writer: ShardWriter, rows: np.ndarray) -> None:
         """Blend each row like `render`; its mask and alpha PNGs come from the fg form's deflated
-        rows at that column (images.encode_placed_png's parts: no canvas, no deflate per sample)."""
+        planes (images.encode_placed_png's parts: no canvas, no deflate per sample)."""
         ps, width, height = self.ps, self.width, self.height
         for row in rows.tolist():
             split, bg, fg, flip, pos, x, y, w, h = row
             pasted = self.pasted(fg, flip, w, h)
             fg_bg = self.bg_bgr[bg].copy()
             blend_premultiplied(fg_bg, pasted.premult, pasted.inv_alpha, x, y)
-            mask_rows, alpha_rows = self.deflated(fg, flip, w, h, x, y + h >= height)
+            mask_png, alpha_png = self.deflated(fg, flip, w, h)
             meta = {"bg": ps.bg_ids[bg], "fg": ps.fg_ids[fg], "flip": flip, "position": pos,
                     "box": [x, y, w, h], "split": SPLITS[split]}  # fmt: skip
             writer.add(
                 sample_key(ps.bg_ids[bg], ps.fg_ids[fg], flip, pos),
                 {
                     "jpg": encode_jpeg(fg_bg, self.quality, bgr=True),
-                    "mask.png": placed_png(mask_rows, y, h, width, height),
-                    "alpha.png": placed_png(alpha_rows, y, h, width, height),
+                    "mask.png": placed_png(mask_png, x, y, width, height),
+                    "alpha.png": placed_png(alpha_png, x, y, width, height),
                     "json": json.dumps(meta, separators=(",", ":")).encode(),
                 },
             )

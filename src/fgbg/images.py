@@ -97,43 +97,48 @@ def encode_png(img: np.ndarray, compression: int = 1, png_filter: int | None = N
 def encode_placed_png(plane: np.ndarray, x: int, y: int, width: int, height: int) -> bytes:
     """8-bit gray PNG of a width×height canvas that is 0 except `plane` placed at (x, y): a pasted
     object's mask or alpha, encoded without building the canvas (the compose stage writes two per
-    sample). Only the plane's rows are deflated, and that part depends on x, not y, so a caller
-    that pastes one plane many times can keep `deflate_plane_rows`'s result (fgbg.compose does)."""
-    last = int(y) + plane.shape[0] >= int(height)
-    return placed_png(deflate_plane_rows(plane, x, width, last), y, plane.shape[0], width, height)
+    sample). The part that costs, `deflate_plane`, does not depend on the position, so a caller
+    that pastes one plane many times keeps it (fgbg.compose does)."""
+    return placed_png(deflate_plane(plane, width), x, y, width, height)
 
 
-class DeflatedRows(NamedTuple):
-    data: bytes  # raw deflate of the rows, byte-aligned (final block when `last`)
-    adler_a: int  # their zlib checksum's two halves, from the standard start (1, 0)
+class DeflatedPlane(NamedTuple):
+    """A plane's scanline run, deflated on its own (see deflate_plane)."""
+
+    data: bytes  # raw deflate, byte-aligned (sync flush): more blocks can follow
+    length: int  # bytes it inflates to
+    adler_a: int  # its zlib checksum's two halves, from the standard start (1, 0)
     adler_b: int
+    shape: tuple[int, int]  # the plane's h, w
 
 
-def deflate_plane_rows(plane: np.ndarray, x: int, width: int, last: bool) -> DeflatedRows:
-    """The scanlines (filter byte 0, then pixels) of `plane` placed at column x of a `width`-wide
-    canvas, deflated with the run-length strategy (runs of 0 and 255 with soft edges: ~3× faster
-    than OpenCV's PNG and half the size)."""
+def deflate_plane(plane: np.ndarray, width: int) -> DeflatedPlane:
+    """The canvas bytes from the plane's first pixel to its last, which do not depend on where it
+    is placed: its rows with the same W − w + 1 zeros between them (the rest of each scanline and
+    the next one's filter byte). Run-length strategy: these planes are runs of 0 and 255 with soft
+    edges (~3× faster than OpenCV's PNG, and smaller)."""
     h, w = plane.shape
-    raw = np.zeros((h, int(width) + 1), np.uint8)
-    raw[:, 1 + int(x) : 1 + int(x) + w] = plane
+    rows = np.zeros((h, int(width) + 1), np.uint8)
+    rows[:, :w] = plane
+    run = rows.reshape(-1)[: (h - 1) * (int(width) + 1) + w].tobytes()
     c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
-    data = c.compress(raw.data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
-    adler = zlib.adler32(raw.data)
-    return DeflatedRows(data, adler & 0xFFFF, adler >> 16)
+    adler = zlib.adler32(run)
+    return DeflatedPlane(c.compress(run) + c.flush(zlib.Z_SYNC_FLUSH), len(run), adler & 0xFFFF, adler >> 16, (h, w))
 
 
-def placed_png(rows: DeflatedRows, y: int, h: int, width: int, height: int) -> bytes:
-    """The PNG around deflated plane rows at row y: the empty rows above and below are deflate
-    blocks made once per height, and their zero bytes enter the checksum arithmetically (n zero
-    bytes leave adler's a and add n·a to its b, mod 65521)."""
-    y, width, height = int(y), int(width), int(height)
-    row_bytes, below = width + 1, height - y - h
-    deflated = [_empty_rows(width, y, last=False)] if y else []
-    deflated.append(rows.data)
-    if below:
-        deflated.append(_empty_rows(width, below, last=True))
-    a = rows.adler_a
-    b = (rows.adler_b + y * row_bytes + below * row_bytes * a) % 65521
+def placed_png(plane: DeflatedPlane, x: int, y: int, width: int, height: int) -> bytes:
+    """The PNG of the canvas with the deflated plane at (x, y). The canvas's bytes (each scanline a
+    filter byte 0, then the pixels) are zeros, the plane's run, zeros: the zeros are deflate blocks
+    made once per length (whole scanlines, and the part-line before and after the run), and they
+    enter the zlib checksum arithmetically (n zero bytes leave adler's a and add n·a to its b,
+    mod 65521). Every block is byte-aligned, so the pieces simply concatenate."""
+    x, y, width, height = int(x), int(y), int(width), int(height)
+    (h, w), line = plane.shape, width + 1
+    before = 1 + x  # this scanline's filter byte and the x zeros left of the plane
+    after, below = width - x - w, height - y - h  # right of its last row; whole scanlines under it
+    deflated = [_zeros(line * y), _zeros(before), plane.data, _zeros(after), _zeros(line * below, last=True)]
+    a = plane.adler_a
+    b = (line * y + before + plane.adler_b + (after + line * below) * a) % 65521
     stream = b"\x78\x01" + b"".join(deflated) + (b << 16 | a).to_bytes(4, "big")
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", stream) + _png_chunk(b"IEND", b"")
@@ -146,11 +151,14 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-@lru_cache(maxsize=1024)
-def _empty_rows(width: int, rows: int, last: bool) -> bytes:
-    """Raw deflate of `rows` all-zero scanlines, byte-aligned so more blocks can follow (or final)."""
+@lru_cache(maxsize=4096)
+def _zeros(n: int, last: bool = False) -> bytes:
+    """Raw deflate of n zero bytes, byte-aligned so more blocks can follow (or the final block; an
+    empty one when n is 0). Nothing for n = 0 unless it is the last."""
+    if n == 0 and not last:
+        return b""
     c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
-    return c.compress(bytes(rows * (width + 1))) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return c.compress(bytes(n)) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
 def decode(data: bytes | np.ndarray, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
