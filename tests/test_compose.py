@@ -175,6 +175,25 @@ def test_stored_mask_and_alpha_are_the_placed_fg_alpha(tiny_prepared, tiny_compo
     assert key.startswith(f"{meta['bg']}_{meta['fg']}_f{meta['flip']}_p")
 
 
+def test_every_stored_mask_and_alpha_is_the_rendered_one(tiny_prepared, tiny_composites):
+    """The shards' PNGs come from the pasted form's deflated planes, not from a canvas: each one
+    decodes to exactly the canvas `Composer.render` pastes for that sample's plan row."""
+    ps = PreparedSet(tiny_prepared, TINY_SPLIT)
+    composer = Composer(ps, 90)
+    rows = {r["key"]: r for r in read_index(tiny_composites)}
+    checked = 0
+    for shard in sorted({r["shard"] for r in rows.values()}):
+        for key, files in iter_shard(tiny_composites / shard):
+            r = rows[key]
+            row = (0, ps.bg_ids.index(r["bg"]), ps.fg_ids.index(r["fg"]), int(r["flip"]), int(r["position"]),
+                   *(int(r[k]) for k in ("x", "y", "w", "h")))  # fmt: skip
+            _, mask, alpha = composer.render(row)
+            np.testing.assert_array_equal(decode(files["mask.png"]), mask)
+            np.testing.assert_array_equal(decode(files["alpha.png"]), alpha)
+            checked += 1
+    assert checked == len(rows) > 50
+
+
 def test_shards_are_plain_tar_readable_by_webdataset(tiny_composites):
     shard = sorted((tiny_composites / "train").glob("shard-*.tar"))[0]
     with tarfile.open(shard) as tar:

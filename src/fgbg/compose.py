@@ -2,8 +2,9 @@
 
 The whole plan (who goes where) is computed up front from the seed, vectorised; workers only
 render and encode their shard's rows, so the bytes of every shard are the same for any `jobs`.
-One compositing path: `Composer.render` (what the shards hold) and `compose_one` both paste
-through `paste_fg`.
+One compositing path: `Composer` (what the shards hold), `Composer.render` and `compose_one` all
+blend through `blend_premultiplied` from one pasted fg form; the shards' mask and alpha PNGs are
+that form's planes, placed (`images.placed_png`; a test decodes every shard sample against `render`).
 """
 
 from __future__ import annotations
