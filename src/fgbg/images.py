@@ -106,7 +106,6 @@ class DeflatedPlane(NamedTuple):
     """A plane's scanline run, deflated on its own (see deflate_plane)."""
 
     data: bytes  # raw deflate, byte-aligned (sync flush): more blocks can follow
-    length: int  # bytes it inflates to
     adler_a: int  # its zlib checksum's two halves, from the standard start (1, 0)
     adler_b: int
     shape: tuple[int, int]  # the plane's h, w
@@ -123,7 +122,7 @@ def deflate_plane(plane: np.ndarray, width: int) -> DeflatedPlane:
     run = rows.reshape(-1)[: (h - 1) * (int(width) + 1) + w].tobytes()
     c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)
     adler = zlib.adler32(run)
-    return DeflatedPlane(c.compress(run) + c.flush(zlib.Z_SYNC_FLUSH), len(run), adler & 0xFFFF, adler >> 16, (h, w))
+    return DeflatedPlane(c.compress(run) + c.flush(zlib.Z_SYNC_FLUSH), adler & 0xFFFF, adler >> 16, (h, w))
 
 
 def placed_png(plane: DeflatedPlane, x: int, y: int, width: int, height: int) -> bytes:
