@@ -207,6 +207,25 @@ def test_clean_fraction_leaves_whole_pairs_untouched_and_keeps_the_other_draws()
     assert not torch.equal(full.bg[kept], batch.bg[kept])
 
 
+def test_anneal_lowers_every_probability_over_the_last_steps_only():
+    """Before the anneal window the batches are the ones without it; over the window the share of
+    picked samples falls to `keep` × p; the draws' stream stays aligned (same parameters)."""
+    base = {"misalign": {"p": 0.8}, "photometric": {"p_bg": 0.8, "p_fg_bg": 0.8}, "blur": {"p": 0.8},
+            "noise": {"p": 0.8}, "shadow": {"p": 0.8}, "shapes": {"p": 0.8}}  # fmt: skip
+    plain = CaptureAugment(only(**base), seed=5)
+    annealed = CaptureAugment(only(**base, anneal={"fraction": 0.25, "keep": 0.0}), seed=5)
+    assert [annealed.strength(t) for t in (0.0, 0.75, 0.875, 1.0)] == [1.0, 1.0, 0.5, 0.0]
+    batch = scene(8)
+    assert same(annealed(batch, progress=0.5), plain(batch, progress=0.5))
+    early, late = plain.draw(4000), annealed.draw(4000, annealed.strength(0.9))
+    for field in ("misalign", "photometric", "blur", "noise", "shadow", "shapes"):
+        share = getattr(late, field).float().mean() / getattr(early, field).float().mean()
+        assert share == pytest.approx(0.4, abs=0.05), field
+        assert not (getattr(late, field) & ~getattr(early, field)).any()  # the same coins, a lower bar
+    assert torch.equal(late.shift, early.shift) and torch.equal(late.gain, early.gain)
+    assert not any(getattr(annealed.draw(64, 0.0), f).any() for f in ("misalign", "photometric", "shapes"))
+
+
 def test_same_seed_same_batch_other_seed_or_rank_differs():
     everything = only(
         misalign={"p": 1}, photometric={"p_bg": 1, "p_fg_bg": 1}, blur={"p": 1}, noise={"p": 1}, shadow={"p": 1}

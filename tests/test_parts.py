@@ -145,6 +145,34 @@ def test_a_lost_or_truncated_part_is_rebuilt_by_the_merge_and_named(params, tiny
     assert files_of(out) == files_of(tiny_composites)
 
 
+def test_merge_rereads_only_shards_changed_since_their_part_wrote_them(tiny_prepared, tiny_composites, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
+    """The journal's stamp (inode, size, mtime) spares the merge a second sha256 pass over GBs of
+    untouched shards, but a shard rewritten in place at the same size is reread and rebuilt."""
+    import fgbg.shards as shards
+    from fgbg.compose import run_compose
+
+    out = tmp_path / "composites"
+    for i in range(2):
+        run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out, part=Part(i, 2), log=lambda m: None)
+    lines = [json.loads(line) for line in (out / Part(1, 2).journal).read_text().splitlines()]
+    damaged = out / lines[0]["path"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, written in place: same size and inode
+    with open(damaged, "r+b") as f:
+        f.write(data)
+    written = lines[0]["stamp"][3]  # the mtime when part 1 wrote it; any rewrite moves it on
+    os.utime(damaged, ns=(written + 10**9, written + 10**9))  # (coarse clocks: make "later" sure)
+    hashed = []
+    real_sha256 = shards.file_sha256
+    monkeypatch.setattr(shards, "file_sha256", lambda path: hashed.append(Path(path)) or real_sha256(path))
+    logged = []
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out, log=logged.append)
+    assert [p for p in hashed if out in p.parents] == [damaged]
+    assert any(f"{lines[0]['path']} (part 1/2)" in m for m in logged)
+    assert files_of(out) == files_of(tiny_composites)
+
+
 def test_depth_parts_merge_to_one_run(params, tiny_prepared, tiny_composites, tiny_depth, tmp_path):
     out = tmp_path / "depth"
     common = ("depth", "-p", str(params), "--prepared", str(tiny_prepared), "--composites", str(tiny_composites))

@@ -132,10 +132,12 @@ def make_plan(ps: PreparedSet, params: ComposeParams) -> np.ndarray:
         else:
             x = np.floor(rng.random(b.size) * (bg_w - w + 1)).astype(np.int64)
             y = np.floor(rng.random(b.size) * (bg_h - h + 1)).astype(np.int64)
+        order = rng.permutation(b.size)  # shuffled column by column: a gather of records is ~10× slower
         rows = np.empty(b.size, PLAN_DTYPE)
-        rows["split"], rows["bg"], rows["fg"], rows["flip"], rows["pos"] = s_index, b, f, fl, p
-        rows["x"], rows["y"], rows["w"], rows["h"] = x, y, w, h
-        parts.append(rows[rng.permutation(b.size)])
+        rows["split"] = s_index
+        for name, column in zip(PLAN_DTYPE.names[1:], (b, f, fl, p, x, y, w, h), strict=True):
+            rows[name] = column[order]
+        parts.append(rows)
     if not parts:
         raise ValueError("no split has both a bg and a fg: add images or change split ratios")
     return np.concatenate(parts)

@@ -230,6 +230,15 @@ class ShapesParams(_RangedSection):
     wobble: float = Field(0.25, ge=0.0, le=0.5)  # max amplitude of each outline harmonic (k = 2..5) per radius
 
 
+class AnnealParams(_Section):
+    """Fewer perturbed pairs as the learning rate anneals: over the last `fraction` of the training
+    steps every augmentation's probability falls linearly to `keep` × its value (YOLOX closes its
+    mosaic for the last epochs the same way), so the final weights also fit nearly identical pairs."""
+
+    fraction: float = Field(0.0, ge=0.0, le=1.0)  # 0: off
+    keep: float = Field(1.0, ge=0.0, le=1.0)  # the probabilities' factor at the last step
+
+
 class AugmentParams(_Section):
     """Capture augmentation on the device: train on pairs that differ like real bg / fg_bg shots do
     (DESIGN.md §9), so camera shift, exposure, noise and shadows are not read as object."""
@@ -242,6 +251,7 @@ class AugmentParams(_Section):
     noise: NoiseParams = NoiseParams()
     shadow: ShadowParams = ShadowParams()
     shapes: ShapesParams = ShapesParams()
+    anneal: AnnealParams = AnnealParams()
 
 
 class TrainParams(_Section):

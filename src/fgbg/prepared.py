@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,13 +65,15 @@ class PreparedSet:
         self.fg_ids = [e["id"] for e in report["fg"]]
         self.bg_sources = [e["source"] for e in report["bg"]]
         self.fg_sources = [e["source"] for e in report["fg"]]
-        self.bg = [read_image(self.dir / "bg" / f"{i}.png") for i in self.bg_ids]
-        self.fg = [read_image(self.dir / "fg" / f"{i}.png") for i in self.fg_ids]
-        self.bg_depth = None
-        if depth:
-            if not report.get("has_bg_depth"):
-                raise FileNotFoundError(f"{self.dir}: prepared set has no bg depth (add bg_depth/ to prepare.raw_dir)")
-            self.bg_depth = [read_image(self.dir / "bg_depth" / f"{i}.png") for i in self.bg_ids]
+        if depth and not report.get("has_bg_depth"):
+            raise FileNotFoundError(f"{self.dir}: prepared set has no bg depth (add bg_depth/ to prepare.raw_dir)")
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # PNG decoding releases the GIL
+
+            def read(folder: str, ids: list[str]) -> list[np.ndarray]:
+                return list(pool.map(read_image, [self.dir / folder / f"{i}.png" for i in ids]))
+
+            self.bg, self.fg = read("bg", self.bg_ids), read("fg", self.fg_ids)
+            self.bg_depth = read("bg_depth", self.bg_ids) if depth else None
         if split is not None:
             self.bg_split = assign_splits("bg", self.bg_sources, split)
             self.fg_split = assign_splits("fg", self.fg_sources, split)

@@ -153,12 +153,24 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_shard(path: Path, record: ShardRecord) -> bool:
-    """True when the file on disk is exactly the shard the record describes."""
+def verify_shard(path: Path, record: ShardRecord, stamp: list[int] | None = None) -> bool:
+    """True when the file on disk is exactly the shard the record describes: its size and sha256,
+    or — cheaper — the `stamp` journalled when it was written (see `file_stamp`) still matches."""
     try:
-        return path.stat().st_size == record.bytes and file_sha256(path) == record.sha256
+        st = path.stat()
+        if st.st_size != record.bytes:
+            return False
+        return stamp == file_stamp(path, st) or file_sha256(path) == record.sha256
     except FileNotFoundError:
         return False
+
+
+def file_stamp(path: Path, st: os.stat_result | None = None) -> list[int]:
+    """(device, inode, size, mtime in ns): unchanged only while nothing rewrote, replaced, copied or
+    truncated the file since it was stamped — DVC's own state skips rehashing on the same test. A
+    journal line carries its shard's stamp, so a merge or resume rereads only shards that changed."""
+    st = st or path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -214,14 +226,17 @@ class ShardJournal:
         self.todo: list[str] = []
         damaged = []
 
-        # sha256 releases the GIL: hash the candidates in threads (the merge of many parts reads GBs)
+        # sha256 releases the GIL: hash the candidates whose stamp changed in threads
         def intact(name: str) -> bool:
-            return name in reusable and verify_shard(self.out_dir / name, reusable[name][0])
+            if name not in reusable:
+                return False
+            rec, _, stamp = reusable[name]
+            return verify_shard(self.out_dir / name, rec, stamp)
 
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             verified = dict(zip(names, pool.map(intact, names), strict=True))
         for name in names:
-            rec, origin = reusable.get(name, (None, None))
+            rec, origin, _ = reusable.get(name, (None, None, None))
             if verified[name]:
                 self.done[name] = rec
             else:
@@ -240,7 +255,8 @@ class ShardJournal:
 
     def record(self, name: str, rec: ShardRecord) -> None:
         self.done[name] = rec
-        self._file.write(json.dumps({"fingerprint": self.fingerprint, "path": name, **asdict(rec)}) + "\n")
+        line = {"fingerprint": self.fingerprint, "path": name, **asdict(rec), "stamp": file_stamp(self.out_dir / name)}
+        self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 
     def close(self) -> dict[str, ShardRecord]:
@@ -321,15 +337,15 @@ def _build_one(out_dir: Path, task: ShardTask, fill: Filler) -> ShardRecord:
     return writer.commit()
 
 
-def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, tuple[ShardRecord, str]]:
-    """Shard records (and where each came from) in a finished manifest, a killed run's journal
-    or the parts' journals, written with the same inputs."""
-    records: dict[str, tuple[ShardRecord, str]] = {}
+def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, tuple[ShardRecord, str, list[int] | None]]:
+    """Shard records (where each came from, and the file's stamp when a journal has it) in a finished
+    manifest, a killed run's journal or the parts' journals, written with the same inputs."""
+    records: dict[str, tuple[ShardRecord, str, list[int] | None]] = {}
     try:
         manifest = read_manifest(out_dir)
         if manifest.get("fingerprint") == fingerprint:
             for path, rec in manifest["shards"].items():
-                records[path] = (ShardRecord(**rec), MANIFEST)
+                records[path] = (ShardRecord(**rec), MANIFEST, None)
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         pass
     for journal in sorted(out_dir.glob(".journal*.jsonl")):
@@ -339,9 +355,9 @@ def _reusable_records(out_dir: Path, fingerprint: str) -> dict[str, tuple[ShardR
         for line in journal.read_text().splitlines():
             try:
                 entry = json.loads(line)
-                path = entry.pop("path")  # before ShardRecord(**entry): a subscript is evaluated last
+                path, stamp = entry.pop("path"), entry.pop("stamp", None)  # before ShardRecord(**entry)
                 if entry.pop("fingerprint") == fingerprint:
-                    records[path] = (ShardRecord(**entry), origin)
+                    records[path] = (ShardRecord(**entry), origin, stamp)
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a line cut short by a kill
     return records

@@ -143,7 +143,8 @@ def run_train(
             total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True, disable=not lead
         )
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
-            batch = augment(to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None))
+            batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
+            batch = augment(batch, progress=((epoch - 1) * steps + step) / (params.epochs * steps))
             out = infer(net, batch.bg, batch.fg_bg)
             loss, _ = total_loss(out, batch, params.loss)
             opt.zero_grad(set_to_none=True)
