@@ -4,6 +4,7 @@
     python benchmarks/compose.py --n 40000       # quicker: fewer positions
     python benchmarks/compose.py --parts 4 --no-depth   # + the same compose in 4 parts, one after
                                                         #   another, then the merge: the split's cost
+    python benchmarks/compose.py --parts 4 --repeat 3 --no-depth   # 3 rounds between one runs (noisy VMs)
 
 Prints triplets/s, peak RSS and file counts for the real `compose` and `depth` stages, then the
 same fg_bg + mask work done as the seeds did it (PIL open / paste / save, one file per image,
@@ -18,6 +19,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -63,36 +65,45 @@ def naive(prepared: Path, out: Path, n: int, positions: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def parts_vs_one(compose, split, prepared: Path, out: Path, count: int, one_run_s: float, one_run: Path) -> None:
+def parts_vs_one(
+    compose, split, prepared: Path, out: Path, count: int, one_run_s: float, one_run: Path, repeat: int
+) -> None:
     """The stage in `count` parts (what a Slurm array runs), one after another on this machine,
-    then the merge: the split's overhead (plan per part, the merge's sha256 of every shard).
+    then the merge: the split's overhead (prepared set + plan per part, worker start, the merge).
 
-    Bracketed: the one run is timed again after the parts (into a scratch folder, removed after),
-    and each phase's output is removed once checked, because on this VM whichever phase runs
-    later after GBs of writes is slower (parts first, then one run: the parts were 4.7 % faster)."""
-    times = []
-    for i in range(count):
-        os.sync()  # earlier writes' flush to disk is not this part's cost (nor the one run's: see main)
+    Bracketed and repeated: one run, parts, one run, parts, one run, … Each parts round is compared
+    with the mean of the one runs on either side of it, and each phase's output is removed once
+    checked, because on this VM whichever phase runs later after GBs of writes is slower (parts
+    first, then one run: the parts were 4.7 % faster) and the same one run varies by ±10 %."""
+    ones, ratios = [one_run_s], []
+    for _ in range(repeat):
+        times = []
+        for i in range(count):
+            os.sync()  # earlier writes' flush to disk is not this part's cost (nor the one run's: see main)
+            t0 = time.perf_counter()
+            run_compose(compose, split, prepared, out, part=Part(i, count), log=lambda m: None)
+            times.append(time.perf_counter() - t0)
+        os.sync()
         t0 = time.perf_counter()
-        run_compose(compose, split, prepared, out, part=Part(i, count), log=lambda m: None)
-        times.append(time.perf_counter() - t0)
-    os.sync()
-    t0 = time.perf_counter()
-    run_compose(compose, split, prepared, out, log=print)
-    merge = time.perf_counter() - t0
-    total = sum(times) + merge
-    same = read_manifest(out)["shards"] == read_manifest(one_run)["shards"]
-    shutil.rmtree(out)
-    again_dir = out.with_name(out.name + "_one_again")
-    os.sync()
-    t0 = time.perf_counter()
-    run_compose(compose, split, prepared, again_dir, log=lambda m: None)
-    again = time.perf_counter() - t0
-    shutil.rmtree(again_dir)
-    mean = (one_run_s + again) / 2
-    print(f"compose in {count} parts: {' + '.join(f'{t:.1f}' for t in times)} s, merge {merge:.1f} s "
-          f"= {total:.1f} s vs one run {one_run_s:.1f} s before and {again:.1f} s after (mean {mean:.1f} s): "
-          f"{100 * (total / mean - 1):+.1f} % (shards identical to the one run: {same})")  # fmt: skip
+        run_compose(compose, split, prepared, out, log=print)
+        merge = time.perf_counter() - t0
+        total = sum(times) + merge
+        same = read_manifest(out)["shards"] == read_manifest(one_run)["shards"]
+        shutil.rmtree(out)
+        again_dir = out.with_name(out.name + "_one_again")
+        os.sync()
+        t0 = time.perf_counter()
+        run_compose(compose, split, prepared, again_dir, log=lambda m: None)
+        ones.append(time.perf_counter() - t0)
+        shutil.rmtree(again_dir)
+        mean = (ones[-2] + ones[-1]) / 2
+        ratios.append(total / mean)
+        print(f"compose in {count} parts: {' + '.join(f'{t:.1f}' for t in times)} s, merge {merge:.1f} s "
+              f"= {total:.1f} s vs one run {ones[-2]:.1f} s before and {ones[-1]:.1f} s after (mean {mean:.1f} s): "
+              f"{100 * (ratios[-1] - 1):+.1f} % (shards identical to the one run: {same})")  # fmt: skip
+    if repeat > 1:
+        print(f"parts vs one run over {repeat} rounds: median {100 * (statistics.median(ratios) - 1):+.1f} %, "
+              f"each {', '.join(f'{100 * (x - 1):+.1f} %' for x in ratios)}")  # fmt: skip
 
 
 def main() -> None:
@@ -103,6 +114,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: temp)")
     ap.add_argument("--no-depth", action="store_true")
     ap.add_argument("--parts", type=int, default=0, help="also build it in N parts one after another + merge")
+    ap.add_argument("--repeat", type=int, default=1, help="--parts rounds, each between two timed one runs")
     args = ap.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fgbg-bench-"))
@@ -131,7 +143,8 @@ def main() -> None:
     print(f"compose peak RSS: main {own:,.0f} MB, largest worker {child:,.0f} MB")
 
     if args.parts:
-        parts_vs_one(compose, all_train, prepared, work / "composites_parts", args.parts, dt, work / "composites")
+        parts_out = work / "composites_parts"
+        parts_vs_one(compose, all_train, prepared, parts_out, args.parts, dt, work / "composites", args.repeat)
 
     if not args.no_depth:
         t0 = time.perf_counter()
