@@ -3,10 +3,11 @@ ranks — into one shared output folder, then merged into exactly what one machi
 
 The plan of a shard stage is deterministic and per shard, so part I of N is a fixed subset of the
 shard names (every N-th, from the I-th: each part gets shards of every split). A part writes its
-shards and its own journal (`.journal.part-I-of-N.jsonl`: name, size, sha256) and nothing else, so
-parts never touch each other's files. The plain command (what `dvc repro` runs) is the merge: it
-reads every journal, keeps each shard whose size and sha256 match its journal line, builds the
-missing or damaged ones itself (naming them), and writes index, preview and shards.json.
+shards and its own journal (`.journal.part-I-of-N.jsonl`: name, size, sha256, file stamp) and
+nothing else, so parts never touch each other's files. The plain command (what `dvc repro` runs) is
+the merge: it reads every journal, keeps each shard that is still the file its part stamped (or,
+when the stamp changed, whose size and sha256 match), builds the missing or damaged ones itself
+(naming them), and writes index, preview and shards.json.
 """
 
 from __future__ import annotations

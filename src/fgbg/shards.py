@@ -190,7 +190,8 @@ class ShardJournal:
 
     On open: removes temp files and files that are not wanted, and keeps shards a finished
     manifest or a journal of a killed run or of a part (same `fingerprint`: params + inputs)
-    vouches for, after checking size and sha256; shards that fail the check are rebuilt and named
+    vouches for, after checking size and sha256 (or the journalled file stamp, which spares
+    rereading a shard nothing touched since); shards that fail the check are rebuilt and named
     through `log`. `record()` journals each finished shard as it lands. With a `part`, only that
     part's shards are considered and nothing else in the folder is touched (other parts may be
     writing there now); it journals into its own file.
