@@ -224,6 +224,9 @@ def test_anneal_lowers_every_probability_over_the_last_steps_only():
         assert not (getattr(late, field) & ~getattr(early, field)).any()  # the same coins, a lower bar
     assert torch.equal(late.shift, early.shift) and torch.equal(late.gain, early.gain)
     assert not any(getattr(annealed.draw(64, 0.0), f).any() for f in ("misalign", "photometric", "shapes"))
+    shapes_only = CaptureAugment(only(**base, anneal={"fraction": 0.25, "keep": 0.0, "only": ["shapes"]}), seed=5)
+    d = shapes_only.draw(64, 0.0)
+    assert not d.shapes.any() and d.misalign.float().mean() > 0.6  # the others keep their probability
 
 
 def test_same_seed_same_batch_other_seed_or_rank_differs():

@@ -110,7 +110,7 @@ class CaptureAugment:
     def draw(self, b: int, strength: float = 1.0) -> Draws:
         """The random parameters of the next batch of `b` samples (a fixed number of draws per sample,
         whatever the probabilities, so a params change does not shift later batches' streams);
-        `strength` scales every probability."""
+        `strength` scales the probabilities of the augmentations `anneal.only` names."""
         p, g = self.params, self._gen
 
         def unit(*shape: int) -> torch.Tensor:
@@ -125,27 +125,27 @@ class CaptureAugment:
         def between(r: tuple[float, float], *shape: int) -> torch.Tensor:
             return r[0] + (r[1] - r[0]) * unit(*shape)
 
-        def picked(prob: float | torch.Tensor, *shape: int) -> torch.Tensor:
-            return unit(*shape) < prob * strength
+        def picked(name: str, prob: float | torch.Tensor, *shape: int) -> torch.Tensor:
+            return unit(*shape) < (prob * strength if name in p.anneal.only else prob)
 
         m, ph, bl, no, sh = p.misalign, p.photometric, p.blur, p.noise, p.shadow
-        misalign = picked(m.p, b)
+        misalign = picked("misalign", m.p, b)
         shift, angle, zoom = sym(m.translate, b, 2), sym(m.rotate, b), 1 + sym(m.scale, b)
-        photometric = picked(torch.tensor([[ph.p_bg], [ph.p_fg_bg]]), 2, b)
+        photometric = picked("photometric", torch.tensor([[ph.p_bg], [ph.p_fg_bg]]), 2, b)
         gain, gamma = log_sym(ph.gain, 2, b), log_sym(ph.gamma, 2, b)
         wb = log_sym(ph.white_balance, 2, b, 3)
         wb = wb / wb.log().mean(-1, keepdim=True).exp()  # a colour cast only: exposure is `gain`'s
         offset = sym(ph.offset, 2, b)
-        blur, blur_sigma = picked(bl.p, 2, b), between(bl.sigma, 2, b)
-        noise, noise_sigma = picked(no.p, 2, b), between(no.sigma, 2, b)
+        blur, blur_sigma = picked("blur", bl.p, 2, b), between(bl.sigma, 2, b)
+        noise, noise_sigma = picked("noise", no.p, 2, b), between(no.sigma, 2, b)
         noise_seed = torch.randint(0, 2**62, (2,), generator=g)
-        shadow, darkening = picked(sh.p, b), between(sh.strength, b)
+        shadow, darkening = picked("shadow", sh.p, b), between(sh.strength, b)
         shadow_offset, squash, shear = sym(sh.offset, b, 2), between(sh.squash, b), sym(sh.shear, b)
         shadow_blur = between(sh.blur, b)
         perturb = unit(b) >= p.clean  # drawn after the above, so `clean: 0` keeps their streams as they were
         misalign, photometric, blur, noise, shadow = (c & perturb for c in (misalign, photometric, blur, noise, shadow))
         sp = p.shapes  # content, not a capture difference: independent of `clean`
-        shapes, centre, size = picked(sp.p, b), 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
+        shapes, centre, size = picked("shapes", sp.p, b), 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
         aspect, wobble, phase = log_sym(0.6, b), sp.wobble * unit(b, 4), 2 * math.pi * unit(b, 4)
         texture, colour = unit(b), unit(b, 3)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,

@@ -237,6 +237,9 @@ class AnnealParams(_Section):
 
     fraction: float = Field(0.0, ge=0.0, le=1.0)  # 0: off
     keep: float = Field(1.0, ge=0.0, le=1.0)  # the probabilities' factor at the last step
+    only: list[Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]] = Field(
+        default_factory=lambda: ["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
+    )  # the augmentations annealed; the others keep their probability to the end
 
 
 class AugmentParams(_Section):
