@@ -101,7 +101,7 @@ class CaptureAugment:
         return self.apply(batch, self.draw(batch.bg.shape[0], self.strength(progress)))
 
     def strength(self, progress: float) -> float:
-        """The factor on every augmentation's probability at `progress` (1 until `anneal` starts)."""
+        """The factor on the annealed augmentations' probabilities at `progress` (1 until `anneal` starts)."""
         a = self.params.anneal
         if a.fraction == 0 or progress <= 1 - a.fraction:
             return 1.0
