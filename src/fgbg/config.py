@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -230,6 +230,9 @@ class ShapesParams(_RangedSection):
     wobble: float = Field(0.25, ge=0.0, le=0.5)  # max amplitude of each outline harmonic (k = 2..5) per radius
 
 
+Augmentation = Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
+
+
 class AnnealParams(_Section):
     """Fewer perturbed pairs as the learning rate anneals: over the last `fraction` of the training
     steps the probability of each augmentation in `only` falls linearly to `keep` × its value (YOLOX
@@ -238,9 +241,7 @@ class AnnealParams(_Section):
 
     fraction: float = Field(0.0, ge=0.0, le=1.0)  # 0: off
     keep: float = Field(1.0, ge=0.0, le=1.0)  # the probabilities' factor at the last step
-    only: list[Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]] = Field(
-        default_factory=lambda: ["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
-    )  # the augmentations annealed; the others keep their probability to the end
+    only: list[Augmentation] = Field(default_factory=lambda: list(get_args(Augmentation)))  # the others stay as set
 
 
 class AugmentParams(_Section):
