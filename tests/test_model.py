@@ -40,13 +40,16 @@ def test_the_net_normalises_its_inputs_with_the_train_statistics(tiny_stats, tmp
     torch.testing.assert_close(out.alpha, torch.sigmoid(raw[:, 2:3]))
 
 
-def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_path):
-    params = tiny_train_params(tmp_path / "a-run-specific-folder")
+@pytest.mark.parametrize("input_skip", [False, True])
+def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_path, input_skip):
+    params = tiny_train_params(tmp_path / "a-run-specific-folder").model_copy(update={"input_skip": input_skip})
     torch.manual_seed(0)
     net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
     save_model(tmp_path / "model.pt", net, params, epoch=3, input_size=32)
     loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
     assert loaded.input_size == 32 and loaded.epoch == 3 and loaded.params.encoder == "resnet18"
+    assert loaded.params.input_skip == input_skip
+    assert any(k.startswith("head.") for k in loaded.net.unet.state_dict()) == input_skip
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(infer(loaded.net, x, x), infer(net, x, x))
@@ -59,15 +62,16 @@ def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_p
 
 
 def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):
-    """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) keep working."""
-    params = tiny_train_params(tmp_path).model_copy(update={"alpha_head": False})
+    """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) and the input
+    skip (no `input_skip` key) keep working."""
+    params = tiny_train_params(tmp_path).model_copy(update={"alpha_head": False, "input_skip": False})
     net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
     save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
     old = torch.load(tmp_path / "model.pt", weights_only=False)
-    del old["train_params"]["alpha_head"]
+    del old["train_params"]["alpha_head"], old["train_params"]["input_skip"]
     torch.save(old, tmp_path / "old.pt")
     loaded = load_model(tmp_path / "old.pt", torch.device("cpu"))
-    assert not loaded.params.alpha_head
+    assert not loaded.params.alpha_head and not loaded.params.input_skip
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         out = infer(loaded.net, x, x)

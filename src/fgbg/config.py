@@ -275,6 +275,7 @@ class TrainParams(_Section):
     patience: int = Field(5, ge=1)  # early stop after this many epochs without a better val loss
     augment_flip: bool = True
     alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
+    input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)

@@ -57,17 +57,40 @@ class Normaliser(torch.nn.Module):
 
 def build_model(params: TrainParams) -> torch.nn.Module:
     """U-Net with `in_channels=6` (bg, fg_bg) and 3 output maps: mask logits, depth, alpha logits
-    (2 without `alpha_head`)."""
+    (2 without `alpha_head`); with `input_skip`, wrapped in an InputSkip."""
+    classes = 3 if params.alpha_head else 2
     try:
-        return smp.Unet(
+        unet = smp.Unet(
             encoder_name=params.encoder,
             encoder_weights=params.encoder_weights,
             in_channels=6,
-            classes=3 if params.alpha_head else 2,
+            classes=classes,
             decoder_channels=tuple(params.decoder_channels),
         )
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
+    return InputSkip(unet, 6, classes) if params.input_skip else unet
+
+
+class InputSkip(torch.nn.Module):
+    """smp's U-Net takes its last skip at 1/2 resolution, so the object's edge is drawn from
+    half-resolution features upsampled. Here the output head sees the input pixels again beside
+    the decoder's last features (conv 3×3 → BN → ReLU → conv 3×3), so an edge can follow them."""
+
+    def __init__(self, unet: smp.Unet, in_channels: int, classes: int):
+        super().__init__()
+        width = unet.segmentation_head[0].in_channels
+        unet.segmentation_head = torch.nn.Identity()  # the U-Net now returns its decoder's features
+        self.unet = unet
+        self.head = torch.nn.Sequential(
+            torch.nn.Conv2d(width + in_channels, width, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(width),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(width, classes, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.unet(x), x], 1))
 
 
 class MaskDepthNet(torch.nn.Module):
@@ -128,7 +151,7 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
-    saved = {"alpha_head": False, **data["train_params"]}  # files from before the alpha head have none
+    saved = {"alpha_head": False, "input_skip": False, **data["train_params"]}  # older files lack these keys
     params = TrainParams.model_validate(saved)
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])
