@@ -17,6 +17,7 @@ from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
 
 RGB = ("r", "g", "b")
+IN_CHANNELS = 6  # bg ⊕ fg_bg, RGB each
 
 
 class Outputs(NamedTuple):
@@ -63,13 +64,13 @@ def build_model(params: TrainParams) -> torch.nn.Module:
         unet = smp.Unet(
             encoder_name=params.encoder,
             encoder_weights=params.encoder_weights,
-            in_channels=6,
+            in_channels=IN_CHANNELS,
             classes=classes,
             decoder_channels=tuple(params.decoder_channels),
         )
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
-    return InputSkip(unet, 6, classes) if params.input_skip else unet
+    return InputSkip(unet, IN_CHANNELS, classes) if params.input_skip else unet
 
 
 class InputSkip(torch.nn.Module):
