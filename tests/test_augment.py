@@ -217,16 +217,29 @@ def test_anneal_lowers_every_probability_over_the_last_steps_only():
     assert [annealed.strength(t) for t in (0.0, 0.75, 0.875, 1.0)] == [1.0, 1.0, 0.5, 0.0]
     batch = scene(8)
     assert same(annealed(batch, progress=0.5), plain(batch, progress=0.5))
-    early, late = plain.draw(4000), annealed.draw(4000, annealed.strength(0.9))
+    early, late = plain.draw(4000), annealed.draw(4000, 0.9)
     for field in ("misalign", "photometric", "blur", "noise", "shadow", "shapes"):
         share = getattr(late, field).float().mean() / getattr(early, field).float().mean()
         assert share == pytest.approx(0.4, abs=0.05), field
         assert not (getattr(late, field) & ~getattr(early, field)).any()  # the same coins, a lower bar
     assert torch.equal(late.shift, early.shift) and torch.equal(late.gain, early.gain)
-    assert not any(getattr(annealed.draw(64, 0.0), f).any() for f in ("misalign", "photometric", "shapes"))
+    assert not any(getattr(annealed.draw(64, 1.0), f).any() for f in ("misalign", "photometric", "shapes"))
     shapes_only = CaptureAugment(only(**base, anneal={"fraction": 0.25, "keep": 0.0, "only": ["shapes"]}), seed=5)
-    d = shapes_only.draw(64, 0.0)
+    d = shapes_only.draw(64, 1.0)
     assert not d.shapes.any() and d.misalign.float().mean() > 0.6  # the others keep their probability
+
+
+def test_shapes_start_late_and_leave_every_other_draw_as_it_was():
+    """`shapes.start`: no shapes before that fraction of the steps, then the very samples a run
+    without it picks; the capture perturbations and later batches' streams do not move."""
+    base = {"misalign": {"p": 0.5}, "shapes": {"p": 0.8}}
+    plain = CaptureAugment(only(**base), seed=3)
+    late = CaptureAugment(only(**{**base, "shapes": {"p": 0.8, "start": 0.4}}), seed=3)
+    before, before_plain = late.draw(256, 0.39), plain.draw(256, 0.39)
+    assert not before.shapes.any() and before_plain.shapes.float().mean() > 0.7
+    assert torch.equal(before.misalign, before_plain.misalign) and torch.equal(before.shift, before_plain.shift)
+    after, after_plain = late.draw(256, 0.4), plain.draw(256, 0.4)
+    assert torch.equal(after.shapes, after_plain.shapes) and torch.equal(after.shape_size, after_plain.shape_size)
 
 
 def test_same_seed_same_batch_other_seed_or_rank_differs():

@@ -95,10 +95,10 @@ class CaptureAugment:
         self._gen.set_state(state)
 
     def __call__(self, batch: Batch, progress: float = 0.0) -> Batch:
-        """`progress`: the fraction of the training steps done before this batch (for `anneal`)."""
+        """`progress`: the fraction of the training steps done before this batch (`anneal`, `shapes.start`)."""
         if not self.params.enabled:
             return batch
-        return self.apply(batch, self.draw(batch.bg.shape[0], self.strength(progress)))
+        return self.apply(batch, self.draw(batch.bg.shape[0], progress))
 
     def strength(self, progress: float) -> float:
         """The factor on the annealed augmentations' probabilities at `progress` (1 until `anneal` starts)."""
@@ -107,11 +107,13 @@ class CaptureAugment:
             return 1.0
         return 1 - (1 - a.keep) * min(1.0, (progress - (1 - a.fraction)) / a.fraction)
 
-    def draw(self, b: int, strength: float = 1.0) -> Draws:
+    def draw(self, b: int, progress: float = 0.0) -> Draws:
         """The random parameters of the next batch of `b` samples (a fixed number of draws per sample,
-        whatever the probabilities, so a params change does not shift later batches' streams);
-        `strength` scales the probabilities of the augmentations `anneal.only` names."""
+        whatever the probabilities, so a params change does not shift later batches' streams) at
+        `progress` through the training: `anneal` scales the probabilities of the augmentations it
+        names, and no shapes are pasted before `shapes.start`."""
         p, g = self.params, self._gen
+        strength = self.strength(progress)
 
         def unit(*shape: int) -> torch.Tensor:
             return torch.rand(shape, generator=g)
@@ -145,7 +147,8 @@ class CaptureAugment:
         perturb = unit(b) >= p.clean  # drawn after the above, so `clean: 0` keeps their streams as they were
         misalign, photometric, blur, noise, shadow = (c & perturb for c in (misalign, photometric, blur, noise, shadow))
         sp = p.shapes  # content, not a capture difference: independent of `clean`
-        shapes, centre, size = picked("shapes", sp.p, b), 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
+        shapes_p = sp.p if progress >= sp.start else 0.0
+        shapes, centre, size = picked("shapes", shapes_p, b), 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
         aspect, wobble, phase = log_sym(0.6, b), sp.wobble * unit(b, 4), 2 * math.pi * unit(b, 4)
         texture, colour = unit(b), unit(b, 3)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
