@@ -18,8 +18,10 @@ OFF = {"misalign": {"p": 0}, "photometric": {"p_bg": 0, "p_fg_bg": 0}, "blur": {
 
 
 def only(**sections: dict) -> AugmentParams:
-    """Every augmentation off but the ones given (with their overrides)."""
-    return AugmentParams.model_validate({**OFF, **sections})
+    """Every augmentation off but the ones given (with their overrides); shapes from the first step
+    unless a `start` is given."""
+    sections = {**OFF, **sections}
+    return AugmentParams.model_validate({**sections, "shapes": {"start": 0.0, **sections["shapes"]}})
 
 
 def scene(b: int = 6, h: int = 48, w: int = 64, seed: int = 0) -> Batch:
