@@ -298,6 +298,7 @@ def test_mask_depth_and_inputs_are_never_modified(section):
         ("shadow:\n  squash: [0, 1]\n", "train.augment.shadow.squash"),
         ("misalign:\n  translate: -0.01\n", "train.augment.misalign.translate"),
         ("misalign:\n  padding: wrap\n", "train.augment.misalign.padding"),
+        ("shapes:\n  start: 1.0\n", "train.augment.shapes.start"),
         ("photometric:\n  p: 0.5\n", "train.augment.photometric.p: unknown key"),
     ],
 )
