@@ -62,9 +62,10 @@ def test_band_weight_zero_leaves_the_loss_as_it_was_and_an_empty_mask_costs_noth
     m = torch.zeros(2, 1, 16, 16)
     m[0, :, 4:10, 4:10] = 1
     out = Outputs(torch.randn(2, 1, 16, 16), torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
-    batch = Batch(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16), m, torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16))
-    with_band, parts = total_loss(out, batch, LossWeights(boundary=1.0))
-    without, parts_off = total_loss(out, batch, LossWeights())  # off by default
+    rand = torch.rand
+    batch = Batch(rand(2, 3, 16, 16), rand(2, 3, 16, 16), m, rand(2, 1, 16, 16), rand(2, 1, 16, 16))
+    with_band, parts = total_loss(out, batch, LossWeights())  # on by default
+    without, parts_off = total_loss(out, batch, LossWeights(boundary=0.0))
     assert "boundary" in parts and "boundary" not in parts_off and "boundary_px" not in parts
     assert float(with_band - without) == pytest.approx(parts["boundary"], rel=1e-5)
     assert float(boundary_bce(torch.randn(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), 2)) == 0.0

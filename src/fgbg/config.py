@@ -132,7 +132,7 @@ class StatsParams(_Section):
 class LossWeights(_Section):
     bce: float = Field(1.0, ge=0)
     dice: float = Field(1.0, ge=0)
-    boundary: float = Field(0.0, ge=0)  # mask BCE over the band around the outline (README "Real captures")
+    boundary: float = Field(1.0, ge=0)  # mask BCE over the band around the outline (README "Real captures")
     boundary_px: int = Field(2, ge=1, le=16)  # the band's half-width (px at the training size); not a weight
     l1: float = Field(1.0, ge=0)
     ssim: float = Field(1.0, ge=0)
