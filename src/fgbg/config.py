@@ -231,7 +231,7 @@ class ShapesParams(_RangedSection):
 
     p: float = Field(0.8, ge=0.0, le=1.0)
     start: float = Field(0.4, ge=0.0, lt=1.0)  # none before this fraction of the steps (README "Real captures")
-    size: tuple[float, float] = _range((0.15, 0.45), 0.05, 1.0)  # diameter as a fraction of the side
+    size: tuple[float, float] = _range((0.08, 0.3), 0.05, 1.0)  # diameter as a fraction of the side
     wobble: float = Field(0.25, ge=0.0, le=0.5)  # max amplitude of each outline harmonic (k = 2..5) per radius
 
 
