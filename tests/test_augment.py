@@ -212,10 +212,9 @@ def test_clean_fraction_leaves_whole_pairs_untouched_and_keeps_the_other_draws()
 
 
 def test_exact_flags_the_clean_pairs_and_nothing_else():
-    """`exact` (the model's `exact_input` channel) is True for the `clean` pairs, left as composed:
-    with every augmentation at p 1, exactly the pairs whose shots are bit-identical to the input; a
-    pasted shape does not change it (an object, not a capture difference); without `clean` no pair
-    is flagged exact, and an unaugmented batch is all exact."""
+    """`exact` (the model's `exact_input` channel) is True for exactly the pairs left as composed: both
+    shots bit-identical to the input; a pasted shape does not change it (it is an object, not a
+    capture difference); without `clean` no pair is exact, and an unaugmented batch is all exact."""
     everything = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1},
                   "noise": {"p": 1}, "shadow": {"p": 1}}  # fmt: skip
     batch = scene(32)

@@ -293,10 +293,8 @@ class TrainParams(_Section):
     def _decoder_depth(self) -> TrainParams:
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError("decoder_channels needs 5 positive sizes (one per U-Net stage)")
-        if self.exact_input and not (self.augment.enabled and 0 < self.augment.clean < 1):
-            raise ValueError(
-                "train.exact_input needs both kinds of pair to learn from: train.augment on, with 0 < clean < 1"
-            )
+        if self.exact_input and self.augment.enabled and self.augment.clean == 0:
+            raise ValueError("train.exact_input needs exact pairs to learn from: set train.augment.clean > 0")
         return self
 
 

@@ -185,11 +185,6 @@ def run_predict(
     loaded = load_model(Path(model_path), dev)
     if exact and not loaded.params.exact_input:
         raise ValueError(f"--exact: {model_path} was trained without train.exact_input, so it reads every pair alike")
-    if exact and align == "always":
-        raise ValueError(
-            "--exact with --align always: an exact pair has no camera motion, and a warped bg is no longer exact"
-        )
-    align = "never" if exact else align
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
     new_bg = None if onto is None else load_raw_image(Path(onto), **_LIMITS).pixels[..., :3]
     written = []
