@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
         ("depht:\n  mode: compose\n", "depht: unknown key"),
         ("- just\n- a list\n", "expected a mapping"),
         ("compose: [unclosed\n", "not valid YAML"),
-        ("train:\n  exact_input: true\n", "train.augment.clean > 0"),
     ],
 )
 def test_bad_params_name_the_file_and_the_key(tmp_path, text, key):

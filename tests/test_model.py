@@ -61,28 +61,6 @@ def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_p
     assert (tmp_path / "again.pt").read_bytes() == raw
 
 
-def test_the_exact_pair_channel_is_read_saved_and_defaults_to_a_capture(tiny_stats, tmp_path):
-    """With `exact_input` the first conv takes a 7th channel, the flag changes the prediction, no flag
-    means "a real capture", and model.pt keeps it; a model without it ignores the flag."""
-    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.3})
-    torch.manual_seed(0)
-    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats), exact_input=True).eval()
-    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    assert first.in_channels == 7
-    bg, fg_bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
-    with torch.no_grad():
-        default, capture, exact = infer(net, bg, fg_bg), infer(net, bg, fg_bg, no), infer(net, bg, fg_bg, yes)
-        torch.testing.assert_close(default, capture)
-        assert (exact.mask_logits - capture.mask_logits).abs().max() > 1e-3
-        save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
-        loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
-        assert loaded.params.exact_input
-        torch.testing.assert_close(infer(loaded.net, bg, fg_bg, yes), exact)
-        plain = MaskDepthNet(build_model(tiny_train_params(tmp_path)), Normaliser.from_stats(tiny_stats)).eval()
-        torch.testing.assert_close(infer(plain, bg, fg_bg, yes), infer(plain, bg, fg_bg))
-
-
 def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):
     """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) and the input
     skip (no `input_skip` key) keep working."""

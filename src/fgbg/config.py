@@ -281,7 +281,6 @@ class TrainParams(_Section):
     augment_flip: bool = True
     alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
     input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)
-    exact_input: bool = False  # a 7th input channel: 1 = the pair is exact (a composite), 0 = a real capture
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)
@@ -293,8 +292,6 @@ class TrainParams(_Section):
     def _decoder_depth(self) -> TrainParams:
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError("decoder_channels needs 5 positive sizes (one per U-Net stage)")
-        if self.exact_input and self.augment.enabled and self.augment.clean == 0:
-            raise ValueError("train.exact_input needs exact pairs to learn from: set train.augment.clean > 0")
         return self
 
 

@@ -27,14 +27,12 @@ SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
 
 def predictions(
     net, dataset: ShardSamples, bgs: torch.Tensor, device: torch.device, batch_size: int, workers: int, size: int,
-    loss_weights: LossWeights, as_capture: bool = False,
+    loss_weights: LossWeights,
 ) -> Iterator[tuple[list[str], Batch, Outputs, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
-    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split: the pairs
-    as composed (exact), or `as_capture` (a model with `exact_input` told they are real captures)."""
+    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split."""
     for raw in make_loader(dataset, batch_size, workers, device):
         batch = to_device(raw, bgs, device, size)
-        exact = batch.exactness() & (not as_capture)
-        out = infer(net, batch.bg, batch.fg_bg, exact)
+        out = infer(net, batch.bg, batch.fg_bg)
         loss, _ = total_loss(out, batch, loss_weights)
         per = {
             **mask_metrics((out.mask_logits > 0).float(), batch.mask),
@@ -109,11 +107,6 @@ def run_evaluate(
         "loss": loss_sum / n,
         **{k: float(np.mean([r[k] for r in rows])) for k in SAMPLE_FIELDS[1:]},
     }
-    if tp.exact_input:  # the same pairs with the model told they are real captures (predict's default)
-        ious = [per["iou"].cpu() for *_, per in predictions(
-            loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss, as_capture=True
-        )]  # fmt: skip
-        result["iou_as_capture"] = float(torch.cat(ious).mean())
     result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
     sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
     record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))

@@ -17,7 +17,7 @@ from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
 
 RGB = ("r", "g", "b")
-IN_CHANNELS = 6  # bg ⊕ fg_bg, RGB each (+1, the exact-pair channel, with `exact_input`)
+IN_CHANNELS = 6  # bg ⊕ fg_bg, RGB each
 
 
 class Outputs(NamedTuple):
@@ -57,21 +57,20 @@ class Normaliser(torch.nn.Module):
 
 
 def build_model(params: TrainParams) -> torch.nn.Module:
-    """U-Net with `in_channels=6` (bg, fg_bg; 7 with `exact_input`) and 3 output maps: mask logits, depth, alpha logits
+    """U-Net with `in_channels=6` (bg, fg_bg) and 3 output maps: mask logits, depth, alpha logits
     (2 without `alpha_head`); with `input_skip`, wrapped in an InputSkip."""
     classes = 3 if params.alpha_head else 2
-    in_channels = IN_CHANNELS + int(params.exact_input)
     try:
         unet = smp.Unet(
             encoder_name=params.encoder,
             encoder_weights=params.encoder_weights,
-            in_channels=in_channels,
+            in_channels=IN_CHANNELS,
             classes=classes,
             decoder_channels=tuple(params.decoder_channels),
         )
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
-    return InputSkip(unet, in_channels, classes) if params.input_skip else unet
+    return InputSkip(unet, IN_CHANNELS, classes) if params.input_skip else unet
 
 
 class InputSkip(torch.nn.Module):
@@ -97,22 +96,14 @@ class InputSkip(torch.nn.Module):
 
 class MaskDepthNet(torch.nn.Module):
     """bg, fg_bg (B×3×H×W on [0, 1], H and W multiples of 32) → Outputs: normalisation inside, so
-    every caller feeds plain images.
+    every caller feeds plain images."""
 
-    With `exact_input` the network also reads whether the pair is exact (`exact`, B bool: identical
-    outside the object, as composites, renders and screenshots are) or a real capture (the default,
-    None): one model then compares exact pairs exactly and distrusts a capture's small differences,
-    instead of one behaviour paid for by the other (README "Real captures")."""
-
-    def __init__(self, unet: torch.nn.Module, norm: Normaliser, exact_input: bool = False):
+    def __init__(self, unet: torch.nn.Module, norm: Normaliser):
         super().__init__()
-        self.unet, self.norm, self.exact_input = unet, norm, exact_input
+        self.unet, self.norm = unet, norm
 
-    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
+    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
         x = self.norm(bg, fg_bg)
-        if self.exact_input:
-            flag = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if exact is None else exact.to(x.dtype)
-            x = torch.cat([x, flag.view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])], 1)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self.unet(x)
@@ -120,11 +111,11 @@ class MaskDepthNet(torch.nn.Module):
         return Outputs(out[:, :1], out[:, 1:2], torch.sigmoid(alpha_logits))
 
 
-def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
+def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
     """The forward pass everyone uses: bf16 autocast on CUDA, float32 outputs. `net` is a
-    MaskDepthNet or a wrapper of one (DDP, torch.compile); `exact` as MaskDepthNet's."""
+    MaskDepthNet or a wrapper of one (DDP, torch.compile)."""
     with torch.autocast(bg.device.type, dtype=torch.bfloat16, enabled=bg.device.type == "cuda"):
-        out = net(bg, fg_bg) if exact is None else net(bg, fg_bg, exact)
+        out = net(bg, fg_bg)
     return Outputs(*(t.float() for t in out))
 
 
@@ -161,12 +152,11 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
-    older = {"alpha_head": False, "input_skip": False, "exact_input": False}  # keys older files lack
-    saved = {**older, **data["train_params"]}
+    saved = {"alpha_head": False, "input_skip": False, **data["train_params"]}  # older files lack these keys
     params = TrainParams.model_validate(saved)
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])
-    net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]), params.exact_input)
+    net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]))
     return LoadedModel(net.to(device).eval(), params, int(data["input_size"]), int(data["epoch"]))
 
 

@@ -81,7 +81,7 @@ def run_train(
     if len(train_set.names) < world:
         raise ValueError(f"{len(train_set.names)} train shards for {world} processes: lower compose.shard_size")
     bgs = bg_table(prepared_dir, device)
-    model = MaskDepthNet(unet, Normaliser.from_stats(stats_path), params.exact_input).to(device)
+    model = MaskDepthNet(unet, Normaliser.from_stats(stats_path)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     input_size = params.image_size or bgs.shape[-1]
@@ -145,7 +145,7 @@ def run_train(
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
             batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
             batch = augment(batch, progress=((epoch - 1) * steps + step) / (params.epochs * steps))
-            out = infer(net, batch.bg, batch.fg_bg, batch.exactness())
+            out = infer(net, batch.bg, batch.fg_bg)
             loss, _ = total_loss(out, batch, params.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
