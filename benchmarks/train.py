@@ -3,6 +3,7 @@
     python benchmarks/train.py --data /tmp/bench --steps 10 --batch-size 16          # CPU, quick
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment  # + capture augmentation
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
+    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
     python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
 
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
@@ -51,10 +52,16 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
+    ap.add_argument("--exact-input", action="store_true", help="the model with train.exact_input (augment.clean 0.5)")
     args = ap.parse_args()
 
     params = TrainParams(
-        encoder=args.encoder, batch_size=args.batch_size, workers=args.workers, input_skip=args.input_skip
+        encoder=args.encoder,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        input_skip=args.input_skip,
+        exact_input=args.exact_input,
+        augment={"clean": 0.5 if args.exact_input else 0.0},
     )
     device = resolve_device("auto")
     model = MaskDepthNet(build_model(params), Normaliser(*[[0.5] * 3, [0.25] * 3] * 2)).to(device)
@@ -66,7 +73,7 @@ def main() -> None:
     augment = CaptureAugment(params.augment, seed=0)
 
     def step(batch: Batch) -> None:
-        out = infer(net, batch.bg, batch.fg_bg)
+        out = infer(net, batch.bg, batch.fg_bg, batch.exactness())  # as train does
         loss, _ = total_loss(out, batch, params.loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,7 +96,8 @@ def main() -> None:
                 yield to_device(raw, bgs, device, 0, None)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''} at {size}x{size}, "
+    print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''}"
+          f"{' + exact-pair norms' if args.exact_input else ''} at {size}x{size}, "
           f"batch {args.batch_size}, {'compiled' if args.compile else 'eager'}, {args.workers} workers")  # fmt: skip
     ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, args.batch_size, device)
     print(f"model-only ceiling (synthetic tensors): {ceiling:,.1f} samples/s")

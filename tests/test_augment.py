@@ -42,7 +42,9 @@ def clone(batch: Batch) -> Batch:
 
 
 def same(a: Batch, b: Batch) -> bool:
-    pairs = zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)
+    """The same images and targets (`exact`, a flag about the pair, is tested on its own)."""
+    fields = ("bg", "fg_bg", "mask", "depth", "alpha")
+    pairs = ((getattr(a, f), getattr(b, f)) for f in fields)
     return all(x is y is None or torch.equal(x, y) for x, y in pairs)
 
 
@@ -207,6 +209,25 @@ def test_clean_fraction_leaves_whole_pairs_untouched_and_keeps_the_other_draws()
     assert torch.equal(out.fg_bg[kept], batch.fg_bg[kept])
     assert torch.equal(out.bg[~kept], full.bg[~kept]) and torch.equal(out.fg_bg[~kept], full.fg_bg[~kept])
     assert not torch.equal(full.bg[kept], batch.bg[kept])
+
+
+def test_exact_flags_the_clean_pairs_and_nothing_else():
+    """`exact` (what the model's exact-pair norms read) is True for the `clean` pairs, left as composed:
+    with every augmentation at p 1, exactly the pairs whose shots are bit-identical to the input; a
+    pasted shape does not change it (an object, not a capture difference); without `clean` no pair
+    is flagged exact, and an unaugmented batch is all exact."""
+    everything = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1},
+                  "noise": {"p": 1}, "shadow": {"p": 1}}  # fmt: skip
+    batch = scene(32)
+    out = CaptureAugment(only(**everything, clean=0.5), seed=4)(batch)
+    assert out.exact.dtype == torch.bool and 6 < out.exact.sum() < 26
+    for i in range(32):
+        untouched = torch.equal(out.bg[i], batch.bg[i]) and torch.equal(out.fg_bg[i], batch.fg_bg[i])
+        assert untouched == bool(out.exact[i]), i
+    shaped = CaptureAugment(only(**everything, clean=0.5, shapes={"p": 1}), seed=4)(batch)
+    assert torch.equal(shaped.exact, out.exact) and not torch.equal(shaped.mask, batch.mask)
+    assert not CaptureAugment(only(**everything), seed=4)(batch).exact.any()
+    assert CaptureAugment(AugmentParams(enabled=False), seed=4)(batch).exactness().all()
 
 
 def test_anneal_lowers_every_probability_over_the_last_steps_only():

@@ -40,19 +40,21 @@ def test_check_writes_iou_per_condition_csv_sheet_and_mlflow(trained, tmp_path):
                                 trained.params.mlflow, log=lambda _: None)  # fmt: skip
     saved = json.loads((tmp_path / "captures.json").read_text())
     assert saved == result and result["objects"] == 3  # china, flower, grace_hopper
-    for check in CHECKS:
+    checks = [c for c in CHECKS if c != "clean_exact"]  # a model without train.exact_input
+    assert "iou_clean_exact" not in saved
+    for check in checks:
         assert 0.0 <= saved[f"iou_{check}"] <= 1.0
     with open(tmp_path / "captures_samples.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * len(CHECKS)
-    for check in CHECKS:  # the JSON means are the CSV's, per check
+    assert len(rows) == 3 * len(checks)
+    for check in checks:  # the JSON means are the CSV's, per check
         ious = [float(r["iou"]) for r in rows if r["check"] == check]
         assert saved[f"iou_{check}"] == pytest.approx(np.mean(ious), abs=1e-5)
         sads = [float(r["alpha_sad"]) for r in rows if r["check"] == check]
         assert saved[f"alpha_sad_{check}"] == pytest.approx(np.mean(sads), abs=1e-5) and min(sads) >= 0
     assert {r["aligned"] for r in rows if r["check"] == "handheld_unaligned"} == {"False"}
     sheet = np.asarray(Image.open(tmp_path / "captures_sheet.png"))
-    assert sheet.shape == (len(CHECKS) * 66 - 2, 5 * 66 - 2, 3)  # the worst pair of every check
+    assert sheet.shape == (len(checks) * 66 - 2, 5 * 66 - 2, 3)  # the worst pair of every check
     client = mlflow.MlflowClient(trained.params.mlflow.tracking_uri)
     assert client.get_run(trained.run_id).data.metrics["captures_iou_clean"] == pytest.approx(saved["iou_clean"])
     assert "captures" in {a.path for a in client.list_artifacts(trained.run_id)}
@@ -74,6 +76,29 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
     assert r["iou_handheld"] > r["iou_handheld_unaligned"] + 0.15  # (its mild exposure change remains)
     assert r["gap_shift"] > 0.2  # a 1.5 px nudge already fools plain differencing
     assert r["gap_shadow"] > 0.05  # and so does the shadow: the check sees both
+
+
+class ExactOnly(Differencing):
+    """Differences the shots when told the pair is exact, marks nothing when told it is a capture."""
+
+    def forward(self, bg, fg_bg, exact=None):
+        out = super().forward(bg, fg_bg)
+        told = torch.zeros(bg.shape[0], dtype=torch.bool) if exact is None else exact
+        logits = torch.where(told.view(-1, 1, 1, 1), out.mask_logits, torch.full_like(out.mask_logits, -10.0))
+        return Outputs(logits, out.depth, torch.sigmoid(logits))
+
+
+def test_an_exact_input_model_is_told_capture_except_in_clean_exact(tmp_path, monkeypatch):
+    """Every check is predicted as a real capture (predict's default); only `clean_exact` tells the
+    model the clean pair is exact, as `fgbg predict --exact` would."""
+    import fgbg.captures as captures
+
+    params = TrainParams(exact_input=True, augment={"clean": 0.5})
+    monkeypatch.setattr(captures, "load_model", lambda path, device: LoadedModel(ExactOnly().eval(), params, 128, 0))
+    r = run_check_captures(CapturesParams(per_photo=1, size=128), tmp_path / "model.pt", tmp_path, "cpu",
+                           log=lambda _: None)  # fmt: skip
+    assert r["iou_clean_exact"] > 0.9
+    assert max(r[f"iou_{c}"] for c in CHECKS if c != "clean_exact") == 0.0
 
 
 def test_gaps_are_paired_over_the_same_composites():

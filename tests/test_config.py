@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
         ("depht:\n  mode: compose\n", "depht: unknown key"),
         ("- just\n- a list\n", "expected a mapping"),
         ("compose: [unclosed\n", "not valid YAML"),
+        ("train:\n  exact_input: true\n", "0 < clean < 1"),
+        ("train:\n  exact_input: true\n  augment:\n    enabled: false\n    clean: 0.5\n", "0 < clean < 1"),
+        ("train:\n  exact_input: true\n  augment:\n    clean: 1.0\n", "0 < clean < 1"),
     ],
 )
 def test_bad_params_name_the_file_and_the_key(tmp_path, text, key):

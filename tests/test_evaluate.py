@@ -66,3 +66,32 @@ def test_sheet_shows_the_best_and_worst_samples(evaluated, trained):
     size = load_model(trained.model, torch.device("cpu")).input_size
     assert sheet.shape[0] == 4 * size  # 2 best + 2 worst rows of `size` px
     assert sheet.shape[1] == 8 * size + 7 * 2  # bg | fg_bg | mask | pred | alpha | pred | depth | pred
+
+
+def test_an_exact_input_model_is_scored_as_composed_and_as_a_capture(tiny_data, tmp_path):
+    """The test split's pairs are exact, so `iou` is with the flag on; `iou_as_capture` is the same
+    pairs with the model told they are real captures (predict's default), recomputed here."""
+    from conftest import tiny_train_params, train_tiny
+
+    params = tiny_train_params(tmp_path, epochs=1, exact_input=True, augment={"clean": 0.5})
+    train_tiny(params, tiny_data, tmp_path / "models")
+    prepared, composites, depth, _ = tiny_data
+    model = tmp_path / "models" / "model.pt"
+    result = run_evaluate(EvaluateParams(batch_size=8), model, prepared, composites, depth, tmp_path / "metrics",
+                          device="cpu", log=lambda *a: None)  # fmt: skip
+    dev = torch.device("cpu")
+    loaded = load_model(model, dev)
+    test = ShardSamples(composites, depth, "test", shuffle=False)
+    ious = {True: [], False: []}
+    with torch.no_grad():
+        for raw in make_loader(test, 8, 0, dev):
+            batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
+            for exact in ious:
+                flags = torch.full((batch.bg.shape[0],), exact)
+                pred = (infer(loaded.net, batch.bg, batch.fg_bg, flags).mask_logits > 0).numpy()
+                for p, g in zip(pred, batch.mask.numpy() > 0.5, strict=True):
+                    union = (p | g).sum()
+                    ious[exact].append((p & g).sum() / union if union else 1.0)
+    assert result["iou"] == pytest.approx(np.mean(ious[True]), abs=1e-5)
+    assert result["iou_as_capture"] == pytest.approx(np.mean(ious[False]), abs=1e-5)
+    assert result["iou"] != result["iou_as_capture"]

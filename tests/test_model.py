@@ -61,6 +61,36 @@ def test_model_file_round_trips_and_holds_nothing_run_specific(tiny_stats, tmp_p
     assert (tmp_path / "again.pt").read_bytes() == raw
 
 
+def test_exact_pair_norms_route_each_sample_are_saved_and_default_to_a_capture(tiny_stats, tmp_path):
+    """With `exact_input` every BatchNorm is an ExactPairNorm: an exact sample is normalised by the
+    exact norms and a capture by the capture norms, also within one mixed batch; no flag means "a
+    real capture"; model.pt keeps both; a model without them ignores the flag."""
+    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.3})
+    plain_params = tiny_train_params(tmp_path)
+    torch.manual_seed(0)
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
+    plain = MaskDepthNet(build_model(plain_params), Normaliser.from_stats(tiny_stats)).eval()
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert len(net.pair_norms) == n_bn > 0
+    for m in net.pair_norms:  # as if trained: the exact pairs' statistics differ
+        m.exact.running_mean.add_(0.2)
+    bg, fg_bg = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    yes, no = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+    mixed = torch.tensor([True, False, False, True])
+    with torch.no_grad():
+        default, capture, exact = infer(net, bg, fg_bg), infer(net, bg, fg_bg, no), infer(net, bg, fg_bg, yes)
+        torch.testing.assert_close(default, capture)
+        assert (exact.mask_logits - capture.mask_logits).abs().max() > 1e-3
+        both = infer(net, bg, fg_bg, mixed)
+        torch.testing.assert_close(both.mask_logits[mixed], exact.mask_logits[mixed])
+        torch.testing.assert_close(both.mask_logits[~mixed], capture.mask_logits[~mixed])
+        save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
+        loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
+        assert loaded.params.exact_input
+        torch.testing.assert_close(infer(loaded.net, bg, fg_bg, yes), exact)
+        torch.testing.assert_close(infer(plain, bg, fg_bg, yes), infer(plain, bg, fg_bg))
+
+
 def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):
     """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) and the input
     skip (no `input_skip` key) keep working."""

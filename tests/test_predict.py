@@ -95,6 +95,14 @@ def test_two_different_scenes_are_refused_or_warned_naming_both_files(trained, t
         run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="sometimes")
 
 
+def test_exact_is_refused_for_a_model_trained_without_the_exact_channel(trained, tmp_path):
+    (_, china), *_ = real_photos()
+    bg, fg_bg = _write_pair(tmp_path, china[:64, :64], china[:64, :64])
+    with pytest.raises(ValueError, match="exact_input") as err:
+        run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", exact=True)
+    assert str(trained.model) in str(err.value) and not (tmp_path / "out").exists()
+
+
 def test_the_trained_tolerance_comes_from_the_models_misalignment_range():
     def loaded(**augment):
         return LoadedModel(None, TrainParams(augment=augment), 128, 0)

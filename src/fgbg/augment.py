@@ -74,6 +74,7 @@ class Draws:
     shape_phase: torch.Tensor  # B×4 radians
     shape_texture: torch.Tensor  # B weight of the other scene's texture against the flat colour
     shape_colour: torch.Tensor  # B×3
+    exact: torch.Tensor  # B bool: left exact (the `clean` fraction): no capture difference is applied
 
 
 class CaptureAugment:
@@ -153,7 +154,7 @@ class CaptureAugment:
         texture, colour = unit(b), unit(b, 3)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
                      noise_sigma, noise_seed, shadow, darkening, shadow_offset, squash, shear, shadow_blur,
-                     shapes, centre, size, aspect, wobble, phase, texture, colour)  # fmt: skip
+                     shapes, centre, size, aspect, wobble, phase, texture, colour, ~perturb)  # fmt: skip
 
     def apply(self, batch: Batch, d: Draws) -> Batch:
         """`batch` perturbed by the draws `d`: shadow → misalign → photometric → blur → noise, clamped."""
@@ -173,7 +174,7 @@ class CaptureAugment:
         picks = {k: v.nonzero().flatten() for k, v in picks.items()}
         picks = {k: v for k, v in picks.items() if len(v)}
         if not picks:
-            return Batch(bg, fg_bg, batch.mask, batch.depth, batch.alpha)
+            return Batch(bg, fg_bg, batch.mask, batch.depth, batch.alpha, d.exact.to(dev))
         sent = _send([table, *picks.values()], dev)  # one host→device copy per batch
         table, idx = sent[0], {k: v.long() for k, v in zip(picks, sent[1:], strict=True)}
         shots, mask, depth, alpha = [bg, fg_bg], batch.mask, batch.depth, batch.alpha
@@ -212,7 +213,7 @@ class CaptureAugment:
                 field = torch.randn((len(i), 3, h, w), generator=gen, device=dev, dtype=bg.dtype)
                 out = shots[s][i] + par("noise_sigma", i)[:, s].view(-1, 1, 1, 1) * field
                 shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
-        return Batch(shots[BG], shots[FG_BG], mask, depth, alpha)
+        return Batch(shots[BG], shots[FG_BG], mask, depth, alpha, d.exact.to(dev))
 
     def _misalign(self, bg: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
         """The bg resampled as a slightly moved camera saw it (sub-pixel, bilinear)."""

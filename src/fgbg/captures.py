@@ -7,7 +7,9 @@ the figures are what a user gets:
 
 - clean, shift, photometric, shadow, tripod: the model alone, as shot (no alignment);
 - handheld: `fgbg predict`'s default `--align auto` (registered when beyond the trained range);
-- handheld_unaligned: the same pairs without alignment (what --align saves).
+- handheld_unaligned: the same pairs without alignment (what --align saves);
+- clean_exact, for a model trained with `train.exact_input` only: the clean pair predicted as
+  `fgbg predict --exact` does (every other check is predicted as a real capture, the default).
 
 Writes captures.json (mean IoU and alpha SAD per condition, each tripod condition's IoU gap to
 clean, paired over the same composites), captures_samples.csv and captures_sheet.png (the worst pair per condition).
@@ -29,7 +31,7 @@ from fgbg.predict import align_bg, predict_batch, trained_tolerance_px
 from fgbg.tracking import record_results
 
 TRIPOD = ("shift", "photometric", "shadow", "tripod")
-CHECKS = (*CONDITIONS, "handheld_unaligned")
+CHECKS = (*CONDITIONS, "handheld_unaligned", "clean_exact")
 SAMPLE_FIELDS = ("name", "check", "iou", "alpha_sad", "alpha_mse", "aligned", "shift_px", "warning")
 
 
@@ -42,7 +44,8 @@ def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tolerance_px: float) -> list[tuple]:
     """(check, pair, predicted mask, record) for every condition of one composite, predicted in
-    one batch; the handheld pair twice (aligned as `fgbg predict` does, and as shot)."""
+    one batch; the handheld pair twice (aligned as `fgbg predict` does, and as shot); the clean
+    pair told exact too when the model reads that."""
     runs = []
     for pair in pairs:
         modes = [(pair.condition, "never")]
@@ -53,6 +56,10 @@ def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tole
             bg, report = align_bg(pair.bg, pair.fg_bg, mode, tolerance_px, loaded.input_size, pair.name, quiet)
             runs.append((check, pair, bg, report))
     predicted = predict_batch(loaded, [bg for _, _, bg, _ in runs], [pair.fg_bg for _, pair, _, _ in runs])
+    if loaded.params.exact_input:
+        clean = [run for run in runs if run[0] == "clean"]
+        runs += [("clean_exact", *run[1:]) for run in clean]
+        predicted += predict_batch(loaded, [bg for _, _, bg, _ in clean], [p.fg_bg for _, p, _, _ in clean], exact=True)
     results = []
     for (check, pair, _, report), (mask, _, alpha) in zip(runs, predicted, strict=True):
         error = alpha / 255.0 - pair.alpha  # against the matte the object was pasted with

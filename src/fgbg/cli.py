@@ -242,6 +242,10 @@ ONTO_HELP = (
     "A new background photo: writes <name>_onto.png, the object lifted from fg_bg with the predicted "
     "alpha (edge colour freed of the old scene using the bg shot)."
 )
+EXACT_HELP = (
+    "The pairs are identical outside the object (renders, screenshots, not two camera shots): for a "
+    "model trained with train.exact_input, which then compares them exactly."
+)
 
 
 @app.command()
@@ -255,12 +259,13 @@ def predict(
     align: Annotated[str, typer.Option(help=ALIGN_HELP)] = "auto",
     align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
     onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
+    exact: Annotated[bool, typer.Option(help=EXACT_HELP)] = False,
 ) -> None:
     """Mask, alpha and depth for bg + fg_bg photos of any size (mask, alpha matte, 16-bit depth, colour
     depth, overlay, alignment; the object on a new background with --onto)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, log=_log)
+    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, exact, log=_log)
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 

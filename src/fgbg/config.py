@@ -281,6 +281,7 @@ class TrainParams(_Section):
     augment_flip: bool = True
     alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
     input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)
+    exact_input: bool = False  # every BatchNorm doubled: one for exact pairs (composites), one for real captures
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)
@@ -292,6 +293,10 @@ class TrainParams(_Section):
     def _decoder_depth(self) -> TrainParams:
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError("decoder_channels needs 5 positive sizes (one per U-Net stage)")
+        if self.exact_input and not (self.augment.enabled and 0 < self.augment.clean < 1):
+            raise ValueError(
+                "train.exact_input needs both kinds of pair to learn from: train.augment on, with 0 < clean < 1"
+            )
         return self
 
 

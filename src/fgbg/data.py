@@ -114,6 +114,13 @@ class Batch:
     mask: torch.Tensor
     depth: torch.Tensor
     alpha: torch.Tensor | None = None
+    exact: torch.Tensor | None = None  # B bool: the pair is identical outside the object (None: as composed, all are)
+
+    def exactness(self) -> torch.Tensor:
+        """`exact`, or all True for pairs as composed."""
+        if self.exact is not None:
+            return self.exact
+        return torch.ones(self.bg.shape[0], dtype=torch.bool, device=self.bg.device)
 
 
 def resize_depth(depth: torch.Tensor, size: int) -> torch.Tensor:

@@ -27,12 +27,14 @@ SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
 
 def predictions(
     net, dataset: ShardSamples, bgs: torch.Tensor, device: torch.device, batch_size: int, workers: int, size: int,
-    loss_weights: LossWeights,
+    loss_weights: LossWeights, as_capture: bool = False,
 ) -> Iterator[tuple[list[str], Batch, Outputs, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
-    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split."""
+    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split: the pairs
+    as composed (exact), or `as_capture` (a model with `exact_input` told they are real captures)."""
     for raw in make_loader(dataset, batch_size, workers, device):
         batch = to_device(raw, bgs, device, size)
-        out = infer(net, batch.bg, batch.fg_bg)
+        exact = batch.exactness() & (not as_capture)
+        out = infer(net, batch.bg, batch.fg_bg, exact)
         loss, _ = total_loss(out, batch, loss_weights)
         per = {
             **mask_metrics((out.mask_logits > 0).float(), batch.mask),
@@ -107,6 +109,11 @@ def run_evaluate(
         "loss": loss_sum / n,
         **{k: float(np.mean([r[k] for r in rows])) for k in SAMPLE_FIELDS[1:]},
     }
+    if tp.exact_input:  # the same pairs with the model told they are real captures (predict's default)
+        ious = [per["iou"].cpu() for *_, per in predictions(
+            loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss, as_capture=True
+        )]  # fmt: skip
+        result["iou_as_capture"] = float(torch.cat(ious).mean())
     result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
     sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
     record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))

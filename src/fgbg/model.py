@@ -4,6 +4,7 @@ the MLflow model and the benchmarks all call. Nothing here knows about training.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from dataclasses import dataclass
@@ -58,19 +59,52 @@ class Normaliser(torch.nn.Module):
 
 def build_model(params: TrainParams) -> torch.nn.Module:
     """U-Net with `in_channels=6` (bg, fg_bg) and 3 output maps: mask logits, depth, alpha logits
-    (2 without `alpha_head`); with `input_skip`, wrapped in an InputSkip."""
+    (2 without `alpha_head`); with `input_skip`, wrapped in an InputSkip; with `exact_input`, every
+    BatchNorm doubled into an ExactPairNorm."""
     classes = 3 if params.alpha_head else 2
+    in_channels = IN_CHANNELS
     try:
         unet = smp.Unet(
             encoder_name=params.encoder,
             encoder_weights=params.encoder_weights,
-            in_channels=IN_CHANNELS,
+            in_channels=in_channels,
             classes=classes,
             decoder_channels=tuple(params.decoder_channels),
         )
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
-    return InputSkip(unet, IN_CHANNELS, classes) if params.input_skip else unet
+    net = InputSkip(unet, in_channels, classes) if params.input_skip else unet
+    return _with_exact_pair_norms(net) if params.exact_input else net
+
+
+class ExactPairNorm(torch.nn.Module):
+    """Two BatchNorms in place of one: `capture` for real captures (the default) and `exact` for
+    pairs identical outside the object (composites, renders). Each sample is normalised by its
+    kind's statistics and affine (domain-specific BN, as AdvProp keeps clean and perturbed inputs
+    apart), so the convolutions are shared and the two behaviours need not be one compromise.
+    `exact_first` (set by MaskDepthNet for one forward, which puts the exact samples first): how
+    many of the batch's samples are exact."""
+
+    def __init__(self, bn: torch.nn.BatchNorm2d):
+        super().__init__()
+        self.capture, self.exact = bn, copy.deepcopy(bn)
+        self.exact_first = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.exact_first
+        if k == 0:
+            return self.capture(x)
+        if k == x.shape[0]:
+            return self.exact(x)
+        return torch.cat([self.exact(x[:k]), self.capture(x[k:])])  # slices along the batch: views
+
+
+def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(parent, name, ExactPairNorm(child))
+    return net
 
 
 class InputSkip(torch.nn.Module):
@@ -96,26 +130,46 @@ class InputSkip(torch.nn.Module):
 
 class MaskDepthNet(torch.nn.Module):
     """bg, fg_bg (B×3×H×W on [0, 1], H and W multiples of 32) → Outputs: normalisation inside, so
-    every caller feeds plain images."""
+    every caller feeds plain images.
+
+    With `exact_input` the network's ExactPairNorms read whether each pair is exact (`exact`, B bool:
+    identical outside the object, as composites, renders and screenshots are) or a real capture (the
+    default, None): one model then compares exact pairs exactly and distrusts a capture's small
+    differences, instead of one behaviour paid for by the other (README "Real captures")."""
 
     def __init__(self, unet: torch.nn.Module, norm: Normaliser):
         super().__init__()
         self.unet, self.norm = unet, norm
+        self.pair_norms = [m for m in unet.modules() if isinstance(m, ExactPairNorm)]
 
-    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
+    def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
         x = self.norm(bg, fg_bg)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self.unet(x)
+        n_exact, order = 0, None
+        if self.pair_norms and exact is not None:
+            n_exact = int(exact.sum())  # one host sync per forward
+            if 0 < n_exact < len(exact):  # a mixed batch: exact samples first, so each norm takes a slice
+                order = torch.argsort(~exact, stable=True)
+                x = x[order]
+        for m in self.pair_norms:
+            m.exact_first = n_exact
+        try:
+            out = self.unet(x)
+        finally:
+            for m in self.pair_norms:
+                m.exact_first = 0
+        if order is not None:
+            out = out[order.argsort()]
         alpha_logits = out[:, 2:3] if out.shape[1] > 2 else out[:, :1]
         return Outputs(out[:, :1], out[:, 1:2], torch.sigmoid(alpha_logits))
 
 
-def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor) -> Outputs:
+def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
     """The forward pass everyone uses: bf16 autocast on CUDA, float32 outputs. `net` is a
-    MaskDepthNet or a wrapper of one (DDP, torch.compile)."""
+    MaskDepthNet or a wrapper of one (DDP, torch.compile); `exact` as MaskDepthNet's."""
     with torch.autocast(bg.device.type, dtype=torch.bfloat16, enabled=bg.device.type == "cuda"):
-        out = net(bg, fg_bg)
+        out = net(bg, fg_bg) if exact is None else net(bg, fg_bg, exact)
     return Outputs(*(t.float() for t in out))
 
 
@@ -152,7 +206,8 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
-    saved = {"alpha_head": False, "input_skip": False, **data["train_params"]}  # older files lack these keys
+    older = {"alpha_head": False, "input_skip": False, "exact_input": False}  # keys older files lack
+    saved = {**older, **data["train_params"]}
     params = TrainParams.model_validate(saved)
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])

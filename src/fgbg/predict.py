@@ -64,14 +64,17 @@ class Prediction(NamedTuple):
     alpha: np.ndarray  # uint8 0..255
 
 
-def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray) -> Prediction:
+def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray, exact: bool = False) -> Prediction:
     """Mask, depth and alpha at fg_bg's size, predicted at the model's input scale with the photo's
-    aspect ratio kept."""
-    return predict_batch(loaded, [bg_img], [fg_bg_img])[0]
+    aspect ratio kept (`exact` as predict_batch's)."""
+    return predict_batch(loaded, [bg_img], [fg_bg_img], exact)[0]
 
 
-def predict_batch(loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray]) -> list[Prediction]:
-    """predict_pair for pairs of one size in one forward pass."""
+def predict_batch(
+    loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray], exact: bool = False
+) -> list[Prediction]:
+    """predict_pair for pairs of one size in one forward pass. `exact`: the pairs are identical
+    outside the object (renders, screenshots), for a model trained with `train.exact_input`."""
     dev = next(loaded.net.parameters()).device
     h, w = fg_bg_imgs[0].shape[:2]
     net_hw = network_size(h, w, loaded.input_size)
@@ -81,7 +84,8 @@ def predict_batch(loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: li
         return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
 
     with torch.inference_mode():
-        out = infer(loaded.net, tensor(bg_imgs), tensor(fg_bg_imgs))
+        flags = torch.full((len(bg_imgs),), exact, dtype=torch.bool, device=dev) if loaded.params.exact_input else None
+        out = infer(loaded.net, tensor(bg_imgs), tensor(fg_bg_imgs), flags)
         prob = F.interpolate(torch.sigmoid(out.mask_logits), size=(h, w), mode="bilinear", align_corners=False)
         depth = F.interpolate(out.depth, size=(h, w), mode="bilinear", align_corners=False)
         alpha = F.interpolate(out.alpha, size=(h, w), mode="bilinear", align_corners=False)
@@ -168,16 +172,24 @@ def align_bg(
 
 def run_predict(
     model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
-    align_above_px: float | None = None, onto: Path | None = None, log=print,
+    align_above_px: float | None = None, onto: Path | None = None, exact: bool = False, log=print,
 ) -> list[Path]:  # fmt: skip
     """Predict each pair; outputs (mask, alpha, 16-bit depth, colour depth, overlay, `<name>.json` with
     the alignment, and with `onto` the object on that background) at the photo's size.
     `align_above_px` (at the model's input size) overrides the trained tolerance that triggers
-    alignment under `align="auto"`."""
+    alignment under `align="auto"`. `exact`: the pairs are identical outside the object (renders,
+    screenshots), for a model trained with `train.exact_input`."""
     if align not in ALIGN_MODES:
         raise ValueError(f"--align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
     dev = resolve_device(device)
     loaded = load_model(Path(model_path), dev)
+    if exact and not loaded.params.exact_input:
+        raise ValueError(f"--exact: {model_path} was trained without train.exact_input, so it reads every pair alike")
+    if exact and align == "always":
+        raise ValueError(
+            "--exact with --align always: an exact pair has no camera motion, and a warped bg is no longer exact"
+        )
+    align = "never" if exact else align
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
     new_bg = None if onto is None else load_raw_image(Path(onto), **_LIMITS).pixels[..., :3]
     written = []
@@ -195,7 +207,7 @@ def run_predict(
         if report.aligned:
             log(f"{fg_bg_path.name}: bg aligned to the fg_bg (camera moved {report.shift_px} px, "
                 f"{report.rotation_deg}°)")  # fmt: skip
-        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img)
+        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
         overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
@@ -211,7 +223,7 @@ def run_predict(
             atomic_write_bytes(path, encode_png(img, 3))
             written.append(path)
         path = Path(out_dir) / f"{stem}.json"
-        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, **asdict(report)}
+        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, **asdict(report)}
         atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
         written.append(path)
     return written

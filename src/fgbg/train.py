@@ -128,7 +128,9 @@ def run_train(
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=params.exact_input,  # a batch without exact pairs leaves their norms unused
         )
     net = torch.compile(net) if params.compile else net
 
@@ -145,7 +147,7 @@ def run_train(
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
             batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
             batch = augment(batch, progress=((epoch - 1) * steps + step) / (params.epochs * steps))
-            out = infer(net, batch.bg, batch.fg_bg)
+            out = infer(net, batch.bg, batch.fg_bg, batch.exactness())
             loss, _ = total_loss(out, batch, params.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
