@@ -91,6 +91,18 @@ def test_exact_pair_norms_route_each_sample_are_saved_and_default_to_a_capture(t
         torch.testing.assert_close(infer(plain, bg, fg_bg, yes), infer(plain, bg, fg_bg))
 
 
+def test_exact_pair_norms_train_on_a_mixed_batch_with_a_lone_sample_at_one_pixel(tiny_stats, tmp_path):
+    """At 32 px the deepest features are 1×1: a lone exact sample there has no batch statistics, so
+    its norm uses the running ones instead of failing; the batch trains (finite loss, gradients)."""
+    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.3})
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).train()
+    bg, fg_bg = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    out = infer(net, bg, fg_bg, torch.tensor([False, True, False, False]))
+    out.mask_logits.mean().backward()
+    assert torch.isfinite(out.mask_logits).all()
+    assert all(p.grad is not None for p in net.pair_norms[0].exact.parameters())
+
+
 def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):
     """model.pt files written before the alpha head (2 outputs, no `alpha_head` key) and the input
     skip (no `input_skip` key) keep working."""

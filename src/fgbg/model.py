@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F
 
 from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
@@ -96,7 +97,15 @@ class ExactPairNorm(torch.nn.Module):
             return self.capture(x)
         if k == x.shape[0]:
             return self.exact(x)
-        return torch.cat([self.exact(x[:k]), self.capture(x[k:])])  # slices along the batch: views
+        return torch.cat([_normalise(self.exact, x[:k]), _normalise(self.capture, x[k:])])  # slices: views
+
+
+def _normalise(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """`bn(x)`, except that a training sub-batch with one value per channel (one sample at 1×1,
+    where batch statistics do not exist) is normalised with the running statistics."""
+    if bn.training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    return bn(x)
 
 
 def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
@@ -150,7 +159,7 @@ class MaskDepthNet(torch.nn.Module):
         if self.pair_norms and exact is not None:
             n_exact = int(exact.sum())  # one host sync per forward
             if 0 < n_exact < len(exact):  # a mixed batch: exact samples first, so each norm takes a slice
-                order = torch.argsort(~exact, stable=True)
+                order = torch.argsort((~exact).int(), stable=True)
                 x = x[order]
         for m in self.pair_norms:
             m.exact_first = n_exact
