@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
-    ap.add_argument("--exact-input", action="store_true", help="the model with train.exact_input (augment.clean 0.5)")
+    ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
     args = ap.parse_args()
 
     params = TrainParams(

@@ -8,7 +8,7 @@ import torch
 from conftest import tiny_train_params
 
 from fgbg.config import TrainParams
-from fgbg.model import MaskDepthNet, Normaliser, Outputs, build_model, infer, load_model, save_model
+from fgbg.model import ExactPairNorm, MaskDepthNet, Normaliser, Outputs, build_model, infer, load_model, save_model
 
 
 def test_unknown_encoder_is_a_clear_error():
@@ -91,6 +91,20 @@ def test_exact_pair_norms_route_each_sample_are_saved_and_default_to_a_capture(t
         torch.testing.assert_close(infer(plain, bg, fg_bg, yes), infer(plain, bg, fg_bg))
 
 
+def test_exact_pair_norms_learn_each_kind_s_statistics_from_its_own_samples_only(tiny_stats, tmp_path):
+    """In training the exact norms' batch and running statistics come from the exact pairs alone,
+    the capture norms' from the rest (a shared statistic would undo the split)."""
+    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.3})
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).train()
+    first, seen = net.pair_norms[0], []
+    first.register_forward_hook(lambda _, args, __: seen.append(args[0]))
+    with torch.no_grad():
+        infer(net, torch.rand(6, 3, 64, 64), torch.rand(6, 3, 64, 64), torch.tensor([0, 1, 0, 1, 0, 0]).bool())
+    x, momentum = seen[0], first.exact.momentum  # the norm's input, exact samples first; running stats were 0
+    torch.testing.assert_close(first.exact.running_mean, momentum * x[:2].mean((0, 2, 3)))
+    torch.testing.assert_close(first.capture.running_mean, momentum * x[2:].mean((0, 2, 3)))
+
+
 def test_exact_pair_norms_train_on_a_mixed_batch_with_a_lone_sample_at_one_pixel(tiny_stats, tmp_path):
     """At 32 px the deepest features are 1×1: a lone exact sample there has no batch statistics, so
     its norm uses the running ones instead of failing; the batch trains (finite loss, gradients)."""
@@ -101,6 +115,18 @@ def test_exact_pair_norms_train_on_a_mixed_batch_with_a_lone_sample_at_one_pixel
     out.mask_logits.mean().backward()
     assert torch.isfinite(out.mask_logits).all()
     assert all(p.grad is not None for p in net.pair_norms[0].exact.parameters())
+
+
+def test_a_lone_sample_s_norm_keeps_the_activation_of_a_timm_norm():
+    """timm encoders (smp's `tu-*`) use BatchNormAct2d, a norm with its activation inside: the
+    running-statistics path for a lone 1×1 sample must apply it too, and leave the norm training."""
+    from timm.layers import BatchNormAct2d
+
+    norm = ExactPairNorm(BatchNormAct2d(4, act_layer=torch.nn.ReLU)).train()
+    norm.exact_first = 1  # one exact and one capture sample, each alone at 1×1
+    out = norm(torch.full((2, 4, 1, 1), -5.0))
+    assert torch.equal(out, torch.zeros_like(out))  # ReLU of the normalised -5 (running mean 0, var 1)
+    assert norm.exact.training and norm.capture.training
 
 
 def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alpha(tiny_stats, tmp_path):

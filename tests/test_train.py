@@ -82,6 +82,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
     assert logged() == before
     with pytest.raises(ValueError, match="without --resume"):  # a longer schedule is a new run
         train_tiny(params.model_copy(update={"epochs": 3}), tiny_data, tmp_path / "resumed", resume=True)
+    with pytest.raises(ValueError, match="another network.*without --resume"):  # as is another architecture
+        train_tiny(params.model_copy(update={"alpha_head": False}), tiny_data, tmp_path / "resumed", resume=True)
 
 
 def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 
 from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
@@ -102,9 +101,14 @@ class ExactPairNorm(torch.nn.Module):
 
 def _normalise(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """`bn(x)`, except that a training sub-batch with one value per channel (one sample at 1×1,
-    where batch statistics do not exist) is normalised with the running statistics."""
+    where batch statistics do not exist) is normalised with the running statistics: `bn` in eval
+    mode for that call, so a norm that carries its own activation (timm's BatchNormAct2d) keeps it."""
     if bn.training and x.shape[0] * x.shape[2] * x.shape[3] <= 1:
-        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        bn.train(False)
+        try:
+            return bn(x)
+        finally:
+            bn.train(True)
     return bn(x)
 
 

@@ -108,7 +108,13 @@ def run_train(
                 f"{sched.total_steps} (train.epochs, steps_per_epoch, batch_size or the data changed): "
                 "train without --resume"
             )
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"{ckpt_path}: saved for another network (train.encoder, decoder_channels, alpha_head, "
+                f"input_skip or exact_input changed): train without --resume ({str(e).splitlines()[0]})"
+            ) from None
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         own = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # each rank its own RNGs
