@@ -102,6 +102,22 @@ def tiny_train_params(tmp_path: Path, **kw):
     return TrainParams(**{**base, **kw})
 
 
+def exact_pair_model(tmp_path: Path, stats: Path, input_size: int):
+    """An untrained tiny model with exact-pair norms whose exact side differs from its capture side
+    (as after training), saved as tmp_path/model.pt: (net in eval mode, model.pt path)."""
+    import torch
+
+    from fgbg.model import MaskDepthNet, Normaliser, build_model, save_model
+
+    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.5})
+    torch.manual_seed(0)
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(stats)).eval()
+    for m in net.pair_norms:
+        m.exact.running_mean.add_(0.5)
+    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=input_size)
+    return net, tmp_path / "model.pt"
+
+
 def train_tiny(params, data, out: Path, **kw) -> dict:
     from fgbg.train import run_train
 

@@ -20,21 +20,14 @@ def test_onnx_export_matches_torch(trained, tmp_path):
 def test_onnx_export_of_an_exact_pair_norm_model_reads_pairs_as_captures(tiny_stats, tmp_path):
     """A model with exact-pair norms exports like any other; the ONNX graph is the capture side
     (what `fgbg predict` uses without --exact), not the exact norms."""
-    pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime")
     import torch
-    from conftest import tiny_train_params
+    from conftest import exact_pair_model
 
     from fgbg.export import run_export
-    from fgbg.model import MaskDepthNet, Normaliser, build_model, save_model
 
-    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.5})
-    torch.manual_seed(0)
-    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
-    for m in net.pair_norms:  # as if trained: the exact pairs' statistics differ
-        m.exact.running_mean.add_(0.5)
-    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
-    assert run_export(tmp_path / "model.pt", tmp_path / "model.onnx")["max_abs_diff"] < 1e-3
-    ort = pytest.importorskip("onnxruntime")
+    net, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
+    assert run_export(model_pt, tmp_path / "model.onnx")["max_abs_diff"] < 1e-3
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     bg, fg_bg = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     depth = session.run(["depth"], {"bg": bg.numpy(), "fg_bg": fg_bg.numpy()})[0]

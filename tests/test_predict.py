@@ -106,28 +106,20 @@ def test_exact_is_refused_for_a_model_trained_without_the_exact_channel(trained,
 def test_exact_predicts_with_the_exact_norms_and_only_when_asked(tiny_stats, tmp_path):
     """`fgbg predict --exact` reads the pair with the exact-pair norms; without it the same pair is
     a capture; `--exact` never warps the bg, and with `--align always` it is refused."""
-    import torch
-    from conftest import tiny_train_params
+    from conftest import exact_pair_model
 
-    from fgbg.model import MaskDepthNet, Normaliser, build_model, save_model
-
-    params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.5})
-    torch.manual_seed(0)
-    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
-    for m in net.pair_norms:  # as if trained: the exact pairs' statistics differ
-        m.exact.running_mean.add_(0.5)
-    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=64)
+    _, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=64)
     pair = _photo_pair("clean", size=64)
     bg, fg_bg = _write_pair(tmp_path, pair.bg, pair.fg_bg)
     depth = {}
     for exact in (False, True):
-        run_predict(tmp_path / "model.pt", bg, fg_bg, tmp_path / f"out{exact}", "cpu", "auto", exact=exact)
+        run_predict(model_pt, bg, fg_bg, tmp_path / f"out{exact}", "cpu", "auto", exact=exact)
         depth[exact] = np.asarray(Image.open(tmp_path / f"out{exact}" / "shot_depth.png"))
         assert json.loads((tmp_path / f"out{exact}" / "shot.json").read_text())["exact"] is exact
     assert not np.array_equal(depth[False], depth[True])
     assert json.loads((tmp_path / "outTrue" / "shot.json").read_text())["align"] == "never"
     with pytest.raises(ValueError, match="--align always"):
-        run_predict(tmp_path / "model.pt", bg, fg_bg, tmp_path / "out", "cpu", "always", exact=True)
+        run_predict(model_pt, bg, fg_bg, tmp_path / "out", "cpu", "always", exact=True)
 
 
 def test_the_trained_tolerance_comes_from_the_models_misalignment_range():
