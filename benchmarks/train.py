@@ -4,6 +4,7 @@
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment  # + capture augmentation
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
+    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input --exact-convs
     python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
 
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
     ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
+    ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
     args = ap.parse_args()
 
     params = TrainParams(
@@ -61,6 +63,7 @@ def main() -> None:
         workers=args.workers,
         input_skip=args.input_skip,
         exact_input=args.exact_input,
+        exact_convs=args.exact_convs,
         augment={"clean": 0.5 if args.exact_input else 0.0},
     )
     device = resolve_device("auto")
@@ -96,8 +99,8 @@ def main() -> None:
                 yield to_device(raw, bgs, device, 0, None)
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''}"
-          f"{' + exact-pair norms' if args.exact_input else ''} at {size}x{size}, "
+    exact = " + exact-pair norms" + (" and convs" if args.exact_convs else "") if args.exact_input else ""
+    print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''}{exact} at {size}x{size}, "
           f"batch {args.batch_size}, {'compiled' if args.compile else 'eager'}, {args.workers} workers")  # fmt: skip
     ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, args.batch_size, device)
     print(f"model-only ceiling (synthetic tensors): {ceiling:,.1f} samples/s")

@@ -112,7 +112,7 @@ def exact_pair_model(tmp_path: Path, stats: Path, input_size: int):
     params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.5})
     torch.manual_seed(0)
     net = MaskDepthNet(build_model(params), Normaliser.from_stats(stats)).eval()
-    for m in net.pair_norms:
+    for m in net.pair_layers:
         m.exact.running_mean.add_(0.5)
     save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=input_size)
     return net, tmp_path / "model.pt"

@@ -8,7 +8,17 @@ import torch
 from conftest import tiny_train_params
 
 from fgbg.config import TrainParams
-from fgbg.model import ExactPairNorm, MaskDepthNet, Normaliser, Outputs, build_model, infer, load_model, save_model
+from fgbg.model import (
+    ExactPair,
+    ExactPairNorm,
+    MaskDepthNet,
+    Normaliser,
+    Outputs,
+    build_model,
+    infer,
+    load_model,
+    save_model,
+)
 
 
 def test_unknown_encoder_is_a_clear_error():
@@ -71,8 +81,8 @@ def test_exact_pair_norms_route_each_sample_are_saved_and_default_to_a_capture(t
     net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
     plain = MaskDepthNet(build_model(plain_params), Normaliser.from_stats(tiny_stats)).eval()
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
-    assert len(net.pair_norms) == n_bn > 0
-    for m in net.pair_norms:  # as if trained: the exact pairs' statistics differ
+    assert len(net.pair_layers) == n_bn > 0
+    for m in net.pair_layers:  # as if trained: the exact pairs' statistics differ
         m.exact.running_mean.add_(0.2)
     bg, fg_bg = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
     yes, no = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
@@ -96,7 +106,7 @@ def test_exact_pair_norms_learn_each_kind_s_statistics_from_its_own_samples_only
     the capture norms' from the rest (a shared statistic would undo the split)."""
     params = tiny_train_params(tmp_path, exact_input=True, augment={"clean": 0.3})
     net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).train()
-    first, seen = net.pair_norms[0], []
+    first, seen = net.pair_layers[0], []
     first.register_forward_hook(lambda _, args, __: seen.append(args[0]))
     with torch.no_grad():
         infer(net, torch.rand(6, 3, 64, 64), torch.rand(6, 3, 64, 64), torch.tensor([0, 1, 0, 1, 0, 0]).bool())
@@ -114,7 +124,48 @@ def test_exact_pair_norms_train_on_a_mixed_batch_with_a_lone_sample_at_one_pixel
     out = infer(net, bg, fg_bg, torch.tensor([False, True, False, False]))
     out.mask_logits.mean().backward()
     assert torch.isfinite(out.mask_logits).all()
-    assert all(p.grad is not None for p in net.pair_norms[0].exact.parameters())
+    assert all(p.grad is not None for p in net.pair_layers[0].exact.parameters())
+
+
+@pytest.mark.parametrize("input_skip", [False, True])
+def test_exact_convs_give_exact_pairs_their_own_full_resolution_convolutions(tiny_stats, tmp_path, input_skip):
+    """With `exact_convs` the stem, the decoder's last block and the output head are ExactPairs: an
+    exact sample goes through the exact copies only (a capture's output and gradients never touch
+    them), also within a mixed batch; model.pt keeps both copies."""
+    params = tiny_train_params(
+        tmp_path, exact_input=True, exact_convs=True, input_skip=input_skip, augment={"clean": 0.3}
+    )
+    torch.manual_seed(0)
+    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
+    unet = net.unet.unet if input_skip else net.unet
+    head = net.unet.head[-1] if input_skip else unet.segmentation_head[0]
+    doubled = [m for m in net.pair_layers if type(m) is ExactPair]
+    assert all(isinstance(m.exact, torch.nn.Conv2d) for m in doubled)
+    assert {id(unet.encoder.conv1), id(unet.decoder.blocks[-1].conv1[0]), id(head)} <= {id(m) for m in doubled}
+    bg, fg_bg = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    yes, no, mixed = torch.ones(4).bool(), torch.zeros(4).bool(), torch.tensor([False, True, True, False])
+    with torch.no_grad():
+        capture_before = infer(net, bg, fg_bg, no)
+        unet.encoder.conv1.exact.weight.mul_(1.5)  # as if trained apart
+        capture, exact, both = infer(net, bg, fg_bg, no), infer(net, bg, fg_bg, yes), infer(net, bg, fg_bg, mixed)
+    torch.testing.assert_close(capture, capture_before)
+    assert (exact.mask_logits - capture.mask_logits).abs().max() > 1e-3
+    torch.testing.assert_close(both.mask_logits[mixed], exact.mask_logits[mixed])
+    torch.testing.assert_close(both.mask_logits[~mixed], capture.mask_logits[~mixed])
+    net.train()
+    infer(net, bg, fg_bg, no).mask_logits.mean().backward()
+    assert all(p.grad is None for m in doubled for p in m.exact.parameters())
+    assert all(p.grad is not None for m in doubled for p in m.capture.parameters())
+    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
+    loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert loaded.params.exact_convs
+    with torch.no_grad():
+        torch.testing.assert_close(infer(loaded.net, bg, fg_bg, yes), infer(net.eval(), bg, fg_bg, yes))
+
+
+def test_exact_convs_need_the_exact_pair_norms(tmp_path):
+    with pytest.raises(ValueError, match="exact_convs.*exact_input"):
+        tiny_train_params(tmp_path, exact_convs=True)
 
 
 def test_a_lone_sample_s_norm_keeps_the_activation_of_a_timm_norm():

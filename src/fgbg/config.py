@@ -282,6 +282,7 @@ class TrainParams(_Section):
     alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
     input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)
     exact_input: bool = False  # every BatchNorm doubled: one for exact pairs (composites), one for real captures
+    exact_convs: bool = False  # with exact_input: the full-resolution convolutions (stem, last block, head) doubled too
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)
@@ -297,6 +298,8 @@ class TrainParams(_Section):
             raise ValueError(
                 "train.exact_input needs both kinds of pair to learn from: train.augment on, with 0 < clean < 1"
             )
+        if self.exact_convs and not self.exact_input:
+            raise ValueError("train.exact_convs doubles layers beside the exact-pair norms: it needs train.exact_input")
         return self
 
 

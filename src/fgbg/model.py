@@ -60,7 +60,8 @@ class Normaliser(torch.nn.Module):
 def build_model(params: TrainParams) -> torch.nn.Module:
     """U-Net with `in_channels=6` (bg, fg_bg) and 3 output maps: mask logits, depth, alpha logits
     (2 without `alpha_head`); with `input_skip`, wrapped in an InputSkip; with `exact_input`, every
-    BatchNorm doubled into an ExactPairNorm."""
+    BatchNorm doubled into an ExactPairNorm, and with `exact_convs` the full-resolution convolutions
+    into ExactPairs too."""
     classes = 3 if params.alpha_head else 2
     in_channels = IN_CHANNELS
     try:
@@ -74,20 +75,21 @@ def build_model(params: TrainParams) -> torch.nn.Module:
     except (KeyError, ValueError, RuntimeError) as e:
         raise ValueError(f"train.encoder: cannot build a U-Net with {params.encoder!r}: {e}") from None
     net = InputSkip(unet, in_channels, classes) if params.input_skip else unet
+    if params.exact_convs:
+        net = _with_exact_pair_convs(net)
     return _with_exact_pair_norms(net) if params.exact_input else net
 
 
-class ExactPairNorm(torch.nn.Module):
-    """Two BatchNorms in place of one: `capture` for real captures (the default) and `exact` for
-    pairs identical outside the object (composites, renders). Each sample is normalised by its
-    kind's statistics and affine (domain-specific BN, as AdvProp keeps clean and perturbed inputs
-    apart), so the convolutions are shared and the two behaviours need not be one compromise.
-    `exact_first` (set by MaskDepthNet for one forward, which puts the exact samples first): how
-    many of the batch's samples are exact."""
+class ExactPair(torch.nn.Module):
+    """Two copies of one layer: `capture` for real captures (the default) and `exact` for pairs
+    identical outside the object (composites, renders). Each sample goes through its kind's copy
+    (domain-specific layers, as AdvProp keeps clean and perturbed inputs apart), so the rest is
+    shared and the two behaviours need not be one compromise. `exact_first` (set by MaskDepthNet for
+    one forward, which puts the exact samples first): how many of the batch's samples are exact."""
 
-    def __init__(self, bn: torch.nn.BatchNorm2d):
+    def __init__(self, layer: torch.nn.Module):
         super().__init__()
-        self.capture, self.exact = bn, copy.deepcopy(bn)
+        self.capture, self.exact = layer, copy.deepcopy(layer)
         self.exact_first = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,17 @@ class ExactPairNorm(torch.nn.Module):
             return self.capture(x)
         if k == x.shape[0]:
             return self.exact(x)
-        return torch.cat([_normalise(self.exact, x[:k]), _normalise(self.capture, x[k:])])  # slices: views
+        return torch.cat([self._one(self.exact, x[:k]), self._one(self.capture, x[k:])])  # slices: views
+
+    def _one(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return layer(x)
+
+
+class ExactPairNorm(ExactPair):
+    """A BatchNorm doubled: each kind of pair normalised by its own statistics and affine."""
+
+    def _one(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return _normalise(layer, x)
 
 
 def _normalise(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +129,22 @@ def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
         for name, child in parent.named_children():
             if isinstance(child, torch.nn.BatchNorm2d):
                 setattr(parent, name, ExactPairNorm(child))
+    return net
+
+
+def _with_exact_pair_convs(net: torch.nn.Module) -> torch.nn.Module:
+    """The convolutions that see pixels at full resolution doubled: the encoder's stem (where bg and
+    fg_bg are first compared; its output is the U-Net's ½-resolution skip), the decoder's last
+    block and the output head (where the outline is drawn). Exact pairs can then be differenced
+    sharply while captures learn to tolerate a moved edge, at +0.2 % weights and no extra FLOPs."""
+    unet = net.unet if isinstance(net, InputSkip) else net
+    stem = next(m for m in unet.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    late = [unet.decoder.blocks[-1], net.head if isinstance(net, InputSkip) else unet.segmentation_head]
+    targets = {id(stem)} | {id(m) for part in late for m in part.modules() if isinstance(m, torch.nn.Conv2d)}
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if id(child) in targets:
+                setattr(parent, name, ExactPair(child))
     return net
 
 
@@ -145,7 +173,8 @@ class MaskDepthNet(torch.nn.Module):
     """bg, fg_bg (B×3×H×W on [0, 1], H and W multiples of 32) → Outputs: normalisation inside, so
     every caller feeds plain images.
 
-    With `exact_input` the network's ExactPairNorms read whether each pair is exact (`exact`, B bool:
+    With `exact_input` the network's ExactPairs (norms, and with `exact_convs` some convolutions)
+    read whether each pair is exact (`exact`, B bool:
     identical outside the object, as composites, renders and screenshots are) or a real capture (the
     default, None): one model then compares exact pairs exactly and distrusts a capture's small
     differences, instead of one behaviour paid for by the other (README "Real captures")."""
@@ -153,24 +182,24 @@ class MaskDepthNet(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, norm: Normaliser):
         super().__init__()
         self.unet, self.norm = unet, norm
-        self.pair_norms = [m for m in unet.modules() if isinstance(m, ExactPairNorm)]
+        self.pair_layers = [m for m in unet.modules() if isinstance(m, ExactPair)]
 
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
         x = self.norm(bg, fg_bg)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         n_exact, order = 0, None
-        if self.pair_norms and exact is not None:
+        if self.pair_layers and exact is not None:
             n_exact = int(exact.sum())  # one host sync per forward
             if 0 < n_exact < len(exact):  # a mixed batch: exact samples first, so each norm takes a slice
                 order = torch.argsort((~exact).int(), stable=True)
                 x = x[order]
-        for m in self.pair_norms:
+        for m in self.pair_layers:
             m.exact_first = n_exact
         try:
             out = self.unet(x)
         finally:
-            for m in self.pair_norms:
+            for m in self.pair_layers:
                 m.exact_first = 0
         if order is not None:
             out = out[order.argsort()]
@@ -219,7 +248,7 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
-    older = {"alpha_head": False, "input_skip": False, "exact_input": False}  # keys older files lack
+    older = dict.fromkeys(("alpha_head", "input_skip", "exact_input", "exact_convs"), False)  # keys older files lack
     saved = {**older, **data["train_params"]}
     params = TrainParams.model_validate(saved)
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
