@@ -231,6 +231,23 @@ def test_exact_flags_the_clean_pairs_and_nothing_else():
     assert CaptureAugment(AugmentParams(enabled=False), seed=4)(batch).exactness().all()
 
 
+def test_shapes_exact_false_leaves_the_exact_pairs_exactly_as_composed():
+    """`shapes.exact: false`: the pairs flagged exact are bit-identical to the input (targets
+    included), as the test split's renders are; the perturbed pairs get the very shapes and
+    perturbations they get with shapes on every pair (the coins are masked, not redrawn)."""
+    everything = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1},
+                  "noise": {"p": 0}, "shadow": {"p": 1}}  # fmt: skip
+    batch = scene(32)
+    apart = CaptureAugment(only(**everything, clean=0.5, shapes={"p": 1, "exact": False}), seed=4)(batch)
+    shared = CaptureAugment(only(**everything, clean=0.5, shapes={"p": 1}), seed=4)(batch)
+    e = apart.exact
+    assert torch.equal(e, shared.exact) and 6 < e.sum() < 26
+    for field in ("bg", "fg_bg", "mask", "depth", "alpha"):
+        assert torch.equal(getattr(apart, field)[e], getattr(batch, field)[e]), field
+        assert torch.equal(getattr(apart, field)[~e], getattr(shared, field)[~e]), field
+    assert not torch.equal(shared.mask[e], batch.mask[e])  # by default the exact pairs get shapes too
+
+
 def test_anneal_lowers_every_probability_over_the_last_steps_only():
     """Before the anneal window the batches are the ones without it; over the window the share of
     picked samples falls to `keep` × p; the draws' stream stays aligned (same parameters)."""

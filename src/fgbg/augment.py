@@ -150,6 +150,7 @@ class CaptureAugment:
         sp = p.shapes  # content, not a capture difference: independent of `clean`
         shapes_p = sp.p if progress >= sp.start else 0.0
         shapes, centre, size = picked("shapes", shapes_p, b), 0.1 + 0.8 * unit(b, 2), between(sp.size, b)
+        shapes = shapes if sp.exact else shapes & perturb
         aspect, wobble, phase = log_sym(0.6, b), sp.wobble * unit(b, 4), 2 * math.pi * unit(b, 4)
         texture, colour = unit(b), unit(b, 3)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,

@@ -233,6 +233,7 @@ class ShapesParams(_RangedSection):
     start: float = Field(0.4, ge=0.0, lt=1.0)  # none before this fraction of the steps (README "Real captures")
     size: tuple[float, float] = _range((0.08, 0.3), 0.05, 1.0)  # diameter as a fraction of the side
     wobble: float = Field(0.25, ge=0.0, le=0.5)  # max amplitude of each outline harmonic (k = 2..5) per radius
+    exact: bool = True  # also into the pairs left exact (`clean`); false: those stay exactly as composed
 
 
 Augmentation = Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
