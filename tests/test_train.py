@@ -87,7 +87,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
 
 
 def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
-    """`torchrun --nproc_per_node 2 -m fgbg.cli train` starts, shares shards, and rank 0 saves."""
+    """`torchrun --nproc_per_node 2 -m fgbg.cli train` starts, shares shards, and rank 0 saves; with
+    the default exact-pair norms, whose exact or capture side a rank's batch may not use."""
     import subprocess
     import sys
 
@@ -102,7 +103,8 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
     composites, depth = tmp_path / "composites", tmp_path / "depth"  # small shards: one per rank at least
     run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 6}), TINY_SPLIT, prepared, composites)
     run_depth(DepthParams(jobs=1, preview_samples=0), prepared, composites, depth)
-    params = tiny_train_params(tmp_path, epochs=1)
+    # the defaults' network: exact-pair norms, half of the pairs perturbed (a rank's batch may leave one side unused)
+    params = tiny_train_params(tmp_path, epochs=1, exact_input=True, augment={"clean": 0.5})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump()}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fgbg.cli", "train", "-p", str(tmp_path / "params.yaml"), "--prepared", str(prepared),
@@ -112,6 +114,7 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     saved = torch.load(tmp_path / "ddp" / "model.pt", weights_only=False)
     assert not any(k.startswith("module.") for k in saved["model"])  # the bare model, not the DDP wrapper
+    assert any(".exact." in k for k in saved["model"]) and saved["train_params"]["exact_input"]
     assert "train: 1 epochs" in res.stderr
     rngs = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["flip"], rngs[1]["flip"])  # each rank resumes its own
