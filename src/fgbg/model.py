@@ -124,12 +124,17 @@ def _normalise(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return bn(x)
 
 
-def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
+def _replace_children(net: torch.nn.Module, picked, wrap) -> torch.nn.Module:
+    """Every submodule for which `picked(child)` holds replaced in place by `wrap(child)`."""
     for parent in list(net.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, torch.nn.BatchNorm2d):
-                setattr(parent, name, ExactPairNorm(child))
+            if picked(child):
+                setattr(parent, name, wrap(child))
     return net
+
+
+def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
+    return _replace_children(net, lambda m: isinstance(m, torch.nn.BatchNorm2d), ExactPairNorm)
 
 
 def _with_exact_pair_convs(net: torch.nn.Module) -> torch.nn.Module:
@@ -141,11 +146,7 @@ def _with_exact_pair_convs(net: torch.nn.Module) -> torch.nn.Module:
     stem = next(m for m in unet.encoder.modules() if isinstance(m, torch.nn.Conv2d))
     late = [unet.decoder.blocks[-1], net.head if isinstance(net, InputSkip) else unet.segmentation_head]
     targets = {id(stem)} | {id(m) for part in late for m in part.modules() if isinstance(m, torch.nn.Conv2d)}
-    for parent in list(net.modules()):
-        for name, child in parent.named_children():
-            if id(child) in targets:
-                setattr(parent, name, ExactPair(child))
-    return net
+    return _replace_children(net, lambda m: id(m) in targets, ExactPair)
 
 
 class InputSkip(torch.nn.Module):
@@ -173,11 +174,11 @@ class MaskDepthNet(torch.nn.Module):
     """bg, fg_bg (B×3×H×W on [0, 1], H and W multiples of 32) → Outputs: normalisation inside, so
     every caller feeds plain images.
 
-    With `exact_input` the network's ExactPairs (norms, and with `exact_convs` some convolutions)
-    read whether each pair is exact (`exact`, B bool:
-    identical outside the object, as composites, renders and screenshots are) or a real capture (the
-    default, None): one model then compares exact pairs exactly and distrusts a capture's small
-    differences, instead of one behaviour paid for by the other (README "Real captures")."""
+    With `exact_input` the network's ExactPairs (the norms; with `exact_convs` some convolutions too)
+    read whether each pair is exact (`exact`, B bool: identical outside the object, as composites,
+    renders and screenshots are) or a real capture (the default, None): one model then compares
+    exact pairs exactly and distrusts a capture's small differences, instead of one behaviour paid
+    for by the other (README "Real captures")."""
 
     def __init__(self, unet: torch.nn.Module, norm: Normaliser):
         super().__init__()
