@@ -7,10 +7,10 @@ import mlflow
 import numpy as np
 import torch
 
-from fgbg.config import EvaluateParams, TrainParams
+from fgbg.config import EvaluateParams, MlflowParams, TrainParams
 from fgbg.evaluate import run_evaluate
 from fgbg.model import Deployable, load_model
-from fgbg.tracking import run_name
+from fgbg.tracking import TrainRun, run_name
 
 
 def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(trained, tiny_data, tmp_path):
@@ -47,3 +47,27 @@ def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):
     assert run_name(params, "0123456789abcdef") == "resnet34-192px-5xall-0123456"
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-3")
     assert run_name(params, "0123456789abcdef") == "lr-sweep-3"
+
+
+def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(tiny_stats, tmp_path):
+    """The MLflow model of a model with exact-pair norms (the defaults) serves the capture side,
+    as `fgbg predict` without --exact does: a deployed model is shown two camera shots."""
+    from conftest import exact_pair_model
+
+    net, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
+    params = load_model(model_pt, torch.device("cpu")).params.model_copy(
+        update={"mlflow": MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", registered_model=None)}
+    )
+    run = TrainRun(params, {"train": params.model_dump(mode="json")}, None)
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"checkpoint")
+    run.finish(model_pt, ckpt, params.mlflow)
+
+    served = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
+    x = np.random.default_rng(1).random((2, 6, 64, 96), dtype=np.float32)
+    got = served.predict(x)
+    bg, fg_bg = torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:])
+    with torch.no_grad():
+        outs = (net(bg, fg_bg, torch.full((2,), kind)) for kind in (False, True))
+        capture, exact = (torch.cat([o.mask_logits.sigmoid(), o.depth, o.alpha], 1).numpy() for o in outs)
+    assert abs(got - capture).max() < 1e-4 < abs(got - exact).max()
