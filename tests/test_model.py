@@ -10,7 +10,6 @@ from conftest import tiny_train_params
 from fgbg.config import TrainParams
 from fgbg.model import (
     ExactPair,
-    ExactPairAffine,
     ExactPairNorm,
     MaskDepthNet,
     Normaliser,
@@ -126,47 +125,6 @@ def test_exact_pair_norms_train_on_a_mixed_batch_with_a_lone_sample_at_one_pixel
     out.mask_logits.mean().backward()
     assert torch.isfinite(out.mask_logits).all()
     assert all(p.grad is not None for p in net.pair_layers[0].exact.parameters())
-
-
-def test_shared_statistics_norms_normalise_every_sample_by_the_whole_batch_and_keep_each_kind_s_affine(
-    tiny_stats, tmp_path
-):
-    """`exact_norm_stats: shared`: both kinds normalised by the whole batch's statistics (in
-    training) or the one set of running statistics (in eval), then scaled and shifted by their
-    kind's own affine; model.pt round-trips it."""
-    norm = ExactPairAffine(torch.nn.BatchNorm2d(3)).train()
-    with torch.no_grad():
-        norm.exact.weight.fill_(2.0)
-        norm.exact.bias.fill_(1.0)
-    norm.exact_first = 2  # the first two samples are exact
-    x = torch.randn(5, 3, 4, 4) * 3 + 1
-    y = norm(x)
-    z = (x - x.mean((0, 2, 3), keepdim=True)) / (x.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
-    torch.testing.assert_close(y[:2], 2 * z[:2] + 1)
-    torch.testing.assert_close(y[2:], z[2:])
-    torch.testing.assert_close(norm.capture.running_mean, 0.1 * x.mean((0, 2, 3)))
-    norm.eval()
-    norm.exact_first = 0
-    running = (x - norm.capture.running_mean.view(1, 3, 1, 1)) / (
-        norm.capture.running_var.view(1, 3, 1, 1) + 1e-5
-    ).sqrt()
-    torch.testing.assert_close(norm(x), running)
-
-    params = tiny_train_params(tmp_path, exact_input=True, exact_norm_stats="shared", augment={"clean": 0.5})
-    net = MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)).eval()
-    assert net.pair_layers and all(type(m) is ExactPairAffine for m in net.pair_layers)
-    for m in net.pair_layers:  # as if trained: the exact pairs' affine differs
-        m.exact.bias.data.add_(0.3)
-    save_model(tmp_path / "model.pt", net, params, epoch=1, input_size=32)
-    loaded = load_model(tmp_path / "model.pt", torch.device("cpu"))
-    bg, fg_bg, mixed = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32), torch.tensor([True, False, True])
-    with torch.no_grad():
-        both, capture = infer(loaded.net, bg, fg_bg, mixed), infer(loaded.net, bg, fg_bg)
-        torch.testing.assert_close(both, infer(net, bg, fg_bg, mixed))
-        torch.testing.assert_close(both.mask_logits[~mixed], capture.mask_logits[~mixed])
-        assert (both.mask_logits[mixed] - capture.mask_logits[mixed]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="exact_input"):
-        tiny_train_params(tmp_path, exact_norm_stats="shared")
 
 
 @pytest.mark.parametrize("input_skip", [False, True])

@@ -284,8 +284,6 @@ class TrainParams(_Section):
     input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)
     exact_input: bool = False  # every BatchNorm doubled: one for exact pairs (composites), one for real captures
     exact_convs: bool = False  # with exact_input: the full-resolution convolutions (stem, last block, head) doubled too
-    # exact-pair norms: each kind its own batch statistics, or the whole batch's (then only the affine is its own)
-    exact_norm_stats: Literal["own", "shared"] = "own"
     augment: AugmentParams = AugmentParams()
     loss: LossWeights = LossWeights()
     workers: int = Field(2, ge=0)
@@ -303,10 +301,6 @@ class TrainParams(_Section):
             )
         if self.exact_convs and not self.exact_input:
             raise ValueError("train.exact_convs doubles layers beside the exact-pair norms: it needs train.exact_input")
-        if self.exact_norm_stats == "shared" and not self.exact_input:
-            raise ValueError(
-                "train.exact_norm_stats chooses how the exact-pair norms normalise: it needs train.exact_input"
-            )
         return self
 
 

@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 
 from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
@@ -78,7 +77,7 @@ def build_model(params: TrainParams) -> torch.nn.Module:
     net = InputSkip(unet, in_channels, classes) if params.input_skip else unet
     if params.exact_convs:
         net = _with_exact_pair_convs(net)
-    return _with_exact_pair_norms(net, params.exact_norm_stats == "shared") if params.exact_input else net
+    return _with_exact_pair_norms(net) if params.exact_input else net
 
 
 class ExactPair(torch.nn.Module):
@@ -112,31 +111,6 @@ class ExactPairNorm(ExactPair):
         return _normalise(layer, x)
 
 
-class ExactPairAffine(ExactPair):
-    """A BatchNorm whose statistics are the whole batch's, both kinds together, and whose affine
-    (scale, shift) is each kind's own: every sample normalised by a full batch's statistics (a
-    kind's sub-batch is about half of it), the kinds told apart by their affine alone."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, bn = self.exact_first, self.capture
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:
-                momentum = 1.0 / float(bn.num_batches_tracked)
-        y = F.batch_norm(x, bn.running_mean, bn.running_var, None, None, bn.training, momentum, bn.eps)
-        exact, capture = self.exact, bn
-        if k == 0:
-            return _affine(capture, y)
-        if k == x.shape[0]:
-            return _affine(exact, y)
-        return torch.cat([_affine(exact, y[:k]), _affine(capture, y[k:])])
-
-
-def _affine(bn: torch.nn.BatchNorm2d, y: torch.Tensor) -> torch.Tensor:
-    return y * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
-
-
 def _normalise(bn: torch.nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """`bn(x)`, except that a training sub-batch with one value per channel (one sample at 1×1,
     where batch statistics do not exist) is normalised with the running statistics: `bn` in eval
@@ -159,9 +133,8 @@ def _replace_children(net: torch.nn.Module, picked, wrap) -> torch.nn.Module:
     return net
 
 
-def _with_exact_pair_norms(net: torch.nn.Module, shared_stats: bool = False) -> torch.nn.Module:
-    kind = ExactPairAffine if shared_stats else ExactPairNorm
-    return _replace_children(net, lambda m: isinstance(m, torch.nn.BatchNorm2d), kind)
+def _with_exact_pair_norms(net: torch.nn.Module) -> torch.nn.Module:
+    return _replace_children(net, lambda m: isinstance(m, torch.nn.BatchNorm2d), ExactPairNorm)
 
 
 def _with_exact_pair_convs(net: torch.nn.Module) -> torch.nn.Module:
