@@ -103,7 +103,6 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
     composites, depth = tmp_path / "composites", tmp_path / "depth"  # small shards: one per rank at least
     run_compose(TINY_COMPOSE.model_copy(update={"shard_size": 6}), TINY_SPLIT, prepared, composites)
     run_depth(DepthParams(jobs=1, preview_samples=0), prepared, composites, depth)
-    # the defaults' network: exact-pair norms, half of the pairs perturbed (a rank's batch may leave one side unused)
     params = tiny_train_params(tmp_path, epochs=1, exact_input=True, augment={"clean": 0.5})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params.model_dump()}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
