@@ -195,3 +195,16 @@ def test_a_model_without_alpha_head_loads_and_gives_the_mask_probability_as_alph
     with torch.no_grad():
         out = infer(loaded.net, x, x)
     torch.testing.assert_close(out.alpha, torch.sigmoid(out.mask_logits))
+
+
+def test_a_model_file_from_another_version_is_refused_by_name(tiny_stats, tmp_path):
+    """A train key this version does not know (written by a newer fgbg) is a one-line error naming
+    the file and the key, not a pydantic trace."""
+    params = tiny_train_params(tmp_path)
+    save_model(tmp_path / "model.pt", MaskDepthNet(build_model(params), Normaliser.from_stats(tiny_stats)), params,
+               epoch=1, input_size=32)  # fmt: skip
+    newer = torch.load(tmp_path / "model.pt", weights_only=False)
+    newer["train_params"]["from_the_future"] = 1
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match=r"newer\.pt: its train params .*from_the_future: Extra inputs"):
+        load_model(tmp_path / "newer.pt", torch.device("cpu"))

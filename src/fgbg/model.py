@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import segmentation_models_pytorch as smp
 import torch
+from pydantic import ValidationError
 
 from fgbg.config import TrainParams
 from fgbg.images import atomic_write_bytes
@@ -251,7 +252,14 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     data = torch.load(Path(path), map_location="cpu", weights_only=False)
     older = dict.fromkeys(("alpha_head", "input_skip", "exact_input", "exact_convs"), False)  # keys older files lack
     saved = {**older, **data["train_params"]}
-    params = TrainParams.model_validate(saved)
+    try:
+        params = TrainParams.model_validate(saved)
+    except ValidationError as e:  # e.g. a key a newer fgbg wrote: name it, not a pydantic trace
+        wrong = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise ValueError(
+            f"{path}: its train params do not fit this fgbg ({wrong}): was it saved by another version? "
+            "Load it with that version, or retrain"
+        ) from None
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])
     net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]))
