@@ -5,7 +5,6 @@
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input --exact-convs
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --ema 0.999   # + the weights' moving average
     python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
 
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
@@ -26,7 +25,6 @@ from fgbg.config import TrainParams, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
 from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
-from fgbg.train import WeightAverage
 
 
 def timed_steps(step, batches, warmup: int, steps: int, batch_size: int, device) -> float:
@@ -57,7 +55,6 @@ def main() -> None:
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
     ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
-    ap.add_argument("--ema", type=float, default=0.0, help="train.ema: update the weights' moving average each step")
     args = ap.parse_args()
 
     params = TrainParams(
@@ -75,7 +72,6 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
-    average = WeightAverage(model, args.ema) if args.ema else None
 
     augment = CaptureAugment(params.augment, seed=0)
 
@@ -85,8 +81,6 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if average is not None:
-            average.update(model)
 
     train_set = ShardSamples(args.data / "composites", args.data / "depth", "train", shuffle=True, verify=False)
     bgs = bg_table(args.data / "prepared", device)
@@ -106,7 +100,6 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     exact = " + exact-pair norms" + (" and convs" if args.exact_convs else "") if args.exact_input else ""
-    exact += f" + weight average {args.ema}" if args.ema else ""
     print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''}{exact} at {size}x{size}, "
           f"batch {args.batch_size}, {'compiled' if args.compile else 'eager'}, {args.workers} workers")  # fmt: skip
     ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, args.batch_size, device)

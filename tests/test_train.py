@@ -45,9 +45,8 @@ def test_the_same_training_gives_the_same_model_file(tiny_data, tmp_path):
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch, ema):
-    params = tiny_train_params(tmp_path, ema=ema)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    params = tiny_train_params(tmp_path)
     train_tiny(params, tiny_data, tmp_path / "straight")
 
     import fgbg.tracking as tracking
@@ -66,13 +65,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
     monkeypatch.setattr(tracking.TrainRun, "epoch", real_epoch)
     result = train_tiny(params, tiny_data, tmp_path / "resumed", resume=True)
     assert [r["epoch"] for r in result["history"]] == [1, 2]
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
-    states = [(straight["model"], resumed["model"])]
-    if ema:  # the moving average resumes where it was too
-        states.append((straight["average"]["model"], resumed["average"]["model"]))
-    for a, b in states:
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "straight" / "model.pt").read_bytes() == (tmp_path / "resumed" / "model.pt").read_bytes()
 
     client = mlflow.tracking.MlflowClient(tracking_uri=params.mlflow.tracking_uri)
@@ -89,37 +84,6 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
         train_tiny(params.model_copy(update={"epochs": 3}), tiny_data, tmp_path / "resumed", resume=True)
     with pytest.raises(ValueError, match="another network.*without --resume"):  # as is another architecture
         train_tiny(params.model_copy(update={"alpha_head": False}), tiny_data, tmp_path / "resumed", resume=True)
-
-
-def test_the_weight_average_is_what_is_validated_and_saved(tiny_data, tmp_path):
-    """train.ema: model.pt holds the moving average of the steps' weights, not the last step's."""
-    params = tiny_train_params(tmp_path, epochs=1, steps_per_epoch=4, ema=0.5)
-    train_tiny(params, tiny_data, tmp_path / "out")
-    ckpt = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=False)
-    saved = torch.load(tmp_path / "out" / "model.pt", weights_only=False)["model"]
-    last, average = ckpt["model"], ckpt["average"]["model"]
-    assert ckpt["average"]["updates"] == 4
-    assert all(torch.equal(saved[k], average["unet." + k]) for k in saved)
-    assert any(not torch.equal(last[k], average[k]) for k in last if last[k].is_floating_point())
-
-
-def test_the_weight_average_follows_the_decay_with_its_warm_up():
-    from fgbg.train import WeightAverage
-
-    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    average = WeightAverage(net, decay=0.9)
-    start = net[0].weight.detach().clone()
-    with torch.no_grad():
-        net[0].weight.add_(1.0)
-    net[1].num_batches_tracked.fill_(7)
-    average.update(net)  # first update: keep min(0.9, 2 / 11)
-    keep = 2 / 11
-    assert torch.allclose(average.model[0].weight, keep * start + (1 - keep) * (start + 1))
-    assert average.model[1].num_batches_tracked.item() == 7  # counters are copied, not averaged
-    assert not average.model.training and not average.model[0].weight.requires_grad
-    for _ in range(200):
-        average.update(net)
-    assert torch.allclose(average.model[0].weight, start + 1, atol=1e-6)  # converges to a still model
 
 
 def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):

@@ -279,7 +279,6 @@ class TrainParams(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)  # early stop after this many epochs without a better val loss
-    ema: float = Field(0.0, ge=0, lt=1)  # decay of the weights' moving average, validated and saved; 0 = off
     augment_flip: bool = True
     alpha_head: bool = True  # a third output for the soft alpha matte; false: alpha = the mask probability
     input_skip: bool = False  # the output head also sees the full-resolution input (smp's U-Net has no skip there)

@@ -6,7 +6,6 @@ continues exactly where a killed run stopped (same weights as an uninterrupted r
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -94,7 +93,6 @@ def run_train(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=device.type == "cuda"
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=params.epochs * steps)
-    average = WeightAverage(model, params.ema) if params.ema else None  # validated and saved instead of `model`
     flip_rng = torch.Generator().manual_seed(params.seed + rank)
     augment = CaptureAugment(params.augment, params.seed, rank)  # real-capture differences (DESIGN.md §9)
     history: list[dict] = []
@@ -117,8 +115,6 @@ def run_train(
                 f"{ckpt_path}: saved for another network (train.encoder, decoder_channels, alpha_head, "
                 f"input_skip or exact_input changed): train without --resume ({str(e).splitlines()[0]})"
             ) from None
-        if average is not None:
-            average.load_state_dict(ckpt.get("average") or {"model": ckpt["model"], "updates": 0})
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         own = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # each rank its own RNGs
@@ -163,17 +159,14 @@ def run_train(
             loss.backward()
             opt.step()
             sched.step()
-            if average is not None:
-                average.update(model)
             loss_sum += loss.detach()
             if step % 20 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             bar.update(1)
         bar.close()
         if lead:
-            served = model if average is None else average.model
             val = evaluate_split(  # the bare model: no DDP collectives
-                served, val_set, bgs, device, params.batch_size, params.workers, params.image_size, params.loss
+                model, val_set, bgs, device, params.batch_size, params.workers, params.image_size, params.loss
             )
             row = {"epoch": epoch, "train_loss": float(loss_sum) / steps, "val_loss": val["loss"],
                    "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
@@ -184,15 +177,14 @@ def run_train(
             tracker.epoch(row, val["sheet"])
             if val["loss"] < best:
                 best, stale = val["loss"], 0
-                save_model(out_dir / "model.pt", served, params, epoch, input_size)
+                save_model(out_dir / "model.pt", model, params, epoch, input_size)
             else:
                 stale += 1
         rngs = _gather_rng_states(flip_rng, augment, world)  # every rank's, so a DDP resume is exact too
         if lead:
             last_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
-                          "mlflow_run_id": tracker.run_id,
-                          "average": None if average is None else average.state_dict()}  # fmt: skip
+                          "mlflow_run_id": tracker.run_id}  # fmt: skip
             save_atomic(last_state, ckpt_path)
         if world > 1:
             shared = [best, stale, history]
@@ -208,35 +200,6 @@ def run_train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"history": history, "mlflow_run_id": run_id}
-
-
-class WeightAverage:
-    """An exponential moving average of the weights (and BatchNorm statistics): validated and saved
-    in place of the last step's weights, it averages out the step-to-step noise that mixing exact
-    pairs and perturbed captures adds (README "Real captures"). The decay ramps up over the first
-    steps, (1 + n) / (10 + n), so early epochs are not dominated by the random start."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.updates = decay, 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.updates += 1
-        keep = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        mine, theirs = self.model.state_dict(), model.state_dict()
-        floats = [k for k, v in mine.items() if v.is_floating_point()]
-        torch._foreach_lerp_([mine[k] for k in floats], [theirs[k] for k in floats], 1 - keep)
-        for k, v in mine.items():
-            if not v.is_floating_point():  # BatchNorm's batch counters
-                v.copy_(theirs[k])
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.updates = state["updates"]
 
 
 def _batches(dataset: ShardSamples, params: TrainParams, device: torch.device):
