@@ -336,7 +336,8 @@ class Params(_Section):
     captures: CapturesParams = CapturesParams()
 
 
-def _describe(err: ValidationError) -> str:
+def describe_errors(err: ValidationError) -> str:
+    """One line naming each bad key and what is wrong with it."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -362,7 +363,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{path}: {_describe(e)}") from None
+        raise ConfigError(f"{path}: {describe_errors(e)}") from None
 
 
 def resolve_jobs(jobs: int) -> int:

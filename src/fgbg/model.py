@@ -15,7 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from pydantic import ValidationError
 
-from fgbg.config import TrainParams
+from fgbg.config import TrainParams, describe_errors
 from fgbg.images import atomic_write_bytes
 
 RGB = ("r", "g", "b")
@@ -255,9 +255,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     try:
         params = TrainParams.model_validate(saved)
     except ValidationError as e:  # e.g. a key a newer fgbg wrote: name it, not a pydantic trace
-        wrong = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ValueError(
-            f"{path}: its train params do not fit this fgbg ({wrong}): was it saved by another version? "
+            f"{path}: its train params do not fit this fgbg ({describe_errors(e)}): was it saved by another version? "
             "Load it with that version, or retrain"
         ) from None
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
