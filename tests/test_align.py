@@ -8,11 +8,10 @@ import math
 import cv2
 import numpy as np
 import pytest
+from matplotlib import cbook  # grace_hopper.jpg (a core dependency, like scikit-learn)
+from sklearn import datasets  # the real photos china.jpg and flower.jpg
 
 from fgbg.align import Alignment, _contradicts_features, estimate_alignment, grid_error_px, is_misaligned, warp_bg
-
-datasets = pytest.importorskip("sklearn.datasets", reason="the real photos ship with scikit-learn")
-cbook = pytest.importorskip("matplotlib.cbook", reason="grace_hopper.jpg ships with matplotlib")
 
 
 def _photo(name: str) -> np.ndarray:

@@ -13,9 +13,6 @@ import fgbg.capture_pairs as cp
 from fgbg.align import estimate_alignment, grid_error_px
 from fgbg.capture_pairs import CONDITIONS, CapturePair, capture_pairs, pairs_sheet, real_photos
 
-pytest.importorskip("sklearn", reason="the real photos ship with scikit-learn")
-pytest.importorskip("matplotlib", reason="grace_hopper.jpg ships with matplotlib")
-
 SIZE = 192
 PHOTOS = real_photos()
 
