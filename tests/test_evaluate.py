@@ -95,3 +95,21 @@ def test_an_exact_input_model_is_scored_as_composed_and_as_a_capture(tiny_data, 
     assert result["iou"] == pytest.approx(np.mean(ious[True]), abs=1e-5)
     assert result["iou_as_capture"] == pytest.approx(np.mean(ious[False]), abs=1e-5)
     assert result["iou"] != result["iou_as_capture"]
+
+
+def test_full_size_iou_is_what_predict_gives_on_the_stored_pairs(evaluated, trained, tiny_data):
+    """`iou_full_size`: each test pair at its stored size through `fgbg predict`'s own function."""
+    from fgbg.predict import predict_batch
+
+    result, _ = evaluated
+    prepared, composites, depth, _ = tiny_data
+    dev = torch.device("cpu")
+    loaded = load_model(trained.model, dev)
+    ious = []
+    for raw in make_loader(ShardSamples(composites, depth, "test", shuffle=False), 8, 0, dev):
+        batch = to_device(raw, bg_table(prepared, dev), dev)
+        as_photos = [(t.permute(0, 2, 3, 1) * 255).round().byte().numpy() for t in (batch.bg, batch.fg_bg)]
+        for (mask, _, _), truth in zip(predict_batch(loaded, *as_photos, exact=True), batch.mask, strict=True):
+            p, g = mask > 127, truth[0].numpy() > 0.5
+            ious.append((p & g).sum() / (p | g).sum() if (p | g).any() else 1.0)
+    assert result["iou_full_size"] == pytest.approx(np.mean(ious), abs=1e-4)

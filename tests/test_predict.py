@@ -66,6 +66,32 @@ def test_predict_aligns_a_handheld_pair_and_reports_the_camera_motion(trained, t
     assert any("aligned" in line and "shot.png" in line for line in logged)
 
 
+def test_no_refine_gives_the_networks_output_upsampled_and_says_so(trained, tmp_path):
+    """--no-refine: the mask is the network's probability upsampled bilinearly; the default refines it
+    along the photo's edges (fgbg.refine, tests/test_refine.py) and the record says which."""
+    import torch
+    import torch.nn.functional as F
+
+    from fgbg.model import infer, load_model
+
+    pair = _photo_pair("clean")
+    bg, fg_bg = _write_pair(tmp_path, pair.bg, pair.fg_bg)
+    masks = {}
+    for refine in (True, False):
+        run_predict(trained.model, bg, fg_bg, tmp_path / str(refine), "cpu", "never", refine=refine)
+        assert json.loads((tmp_path / str(refine) / "shot.json").read_text())["refine"] is refine
+        masks[refine] = np.asarray(Image.open(tmp_path / str(refine) / "shot_mask.png")) > 127
+    loaded = load_model(trained.model, torch.device("cpu"))
+    photos = [torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255 for im in (pair.bg, pair.fg_bg)]
+    side = network_size(192, 192, loaded.input_size)
+    net = [F.interpolate(t, size=side, mode="bilinear", antialias=True) for t in photos]
+    with torch.inference_mode():
+        prob = torch.sigmoid(infer(loaded.net, *net).mask_logits)
+    bilinear = F.interpolate(prob, size=(192, 192), mode="bilinear", align_corners=False)[0, 0].numpy() >= 0.5
+    assert (masks[False] == bilinear).mean() > 0.999
+    assert (masks[True] != masks[False]).any()
+
+
 def test_auto_aligns_only_beyond_the_tolerance_and_never_leaves_the_bg_alone():
     pair = _photo_pair("shift")  # a tripod nudge ≤ 1.5 px
     motion = _camera_motion_px(pair.true_matrix, 192)

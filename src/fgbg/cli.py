@@ -246,6 +246,10 @@ EXACT_HELP = (
     "The pairs are identical outside the object (renders, screenshots, not two camera shots): for a "
     "model trained with train.exact_input, which then compares them exactly."
 )
+REFINE_HELP = (
+    "Bring mask and alpha to the photo's size along its own edges (guided filter); --no-refine: "
+    "bilinear upsampling of the network's output."
+)
 
 
 @app.command()
@@ -260,12 +264,13 @@ def predict(
     align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
     onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
     exact: Annotated[bool, typer.Option(help=EXACT_HELP)] = False,
+    refine: Annotated[bool, typer.Option(help=REFINE_HELP)] = True,
 ) -> None:
     """Mask, alpha and depth for bg + fg_bg photos of any size (mask, alpha matte, 16-bit depth, colour
     depth, overlay, alignment; the object on a new background with --onto)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, exact, log=_log)
+    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, exact, refine, log=_log)
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 

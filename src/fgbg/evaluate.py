@@ -20,6 +20,7 @@ from fgbg.images import contact_sheet
 from fgbg.losses import total_loss
 from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, alpha_metrics, depth_metrics, mask_metrics
 from fgbg.model import Outputs, infer, load_model
+from fgbg.predict import predict_tensors
 from fgbg.tracking import record_results
 
 SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
@@ -114,11 +115,23 @@ def run_evaluate(
             loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss, as_capture=True
         )]  # fmt: skip
         result["iou_as_capture"] = float(torch.cat(ious).mean())
+    result["iou_full_size"] = full_size_iou(loaded, test, bgs, dev, params.batch_size)
     result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
     sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
     record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))
     log(json.dumps(result))
     return result
+
+
+def full_size_iou(loaded, dataset: ShardSamples, bgs: torch.Tensor, device, batch_size: int) -> float:
+    """Mean mask IoU at the data's own size through `fgbg predict`'s path (network at its input
+    size, outputs refined to full size): what a user predicting these pairs gets."""
+    ious = []
+    for raw in make_loader(dataset, batch_size, loaded.params.workers, device):
+        batch = to_device(raw, bgs, device)
+        prob, _, _ = predict_tensors(loaded, batch.bg, batch.fg_bg, batch.exactness())
+        ious.append(mask_metrics((prob >= 0.5).float(), batch.mask)["iou"].cpu())
+    return float(torch.cat(ious).mean())
 
 
 def _keep_extremes(kept: list, batch: Batch, out: Outputs, iou: torch.Tensor, k: int) -> list:

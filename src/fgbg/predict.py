@@ -29,6 +29,7 @@ from fgbg.images import (
     resize_cover_crop,
 )
 from fgbg.model import LoadedModel, infer, load_model
+from fgbg.refine import ALPHA_RADIUS, MASK_RADIUS, guided_upsample
 
 _LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
 ALIGN_MODES = ("auto", "always", "never")
@@ -64,34 +65,58 @@ class Prediction(NamedTuple):
     alpha: np.ndarray  # uint8 0..255
 
 
-def predict_pair(loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray, exact: bool = False) -> Prediction:
+def predict_pair(
+    loaded: LoadedModel, bg_img: np.ndarray, fg_bg_img: np.ndarray, exact: bool = False, refine: bool = True
+) -> Prediction:
     """Mask, depth and alpha at fg_bg's size, predicted at the model's input scale with the photo's
-    aspect ratio kept (`exact` as predict_batch's)."""
-    return predict_batch(loaded, [bg_img], [fg_bg_img], exact)[0]
+    aspect ratio kept (`exact`, `refine` as predict_batch's)."""
+    return predict_batch(loaded, [bg_img], [fg_bg_img], exact, refine)[0]
 
 
 def predict_batch(
-    loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray], exact: bool = False
-) -> list[Prediction]:
+    loaded: LoadedModel, bg_imgs: list[np.ndarray], fg_bg_imgs: list[np.ndarray], exact: bool = False,
+    refine: bool = True,
+) -> list[Prediction]:  # fmt: skip
     """predict_pair for pairs of one size in one forward pass. `exact`: the pairs are identical
-    outside the object (renders, screenshots), for a model trained with `train.exact_input`."""
+    outside the object (renders, screenshots), for a model trained with `train.exact_input`.
+    `refine`: mask and alpha follow the photo's edges at full size (fgbg.refine), else bilinear."""
     dev = next(loaded.net.parameters()).device
-    h, w = fg_bg_imgs[0].shape[:2]
-    net_hw = network_size(h, w, loaded.input_size)
 
     def tensor(imgs):
-        t = torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255
-        return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
+        return torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255
 
     with torch.inference_mode():
-        flags = torch.full((len(bg_imgs),), exact, dtype=torch.bool, device=dev) if loaded.params.exact_input else None
-        out = infer(loaded.net, tensor(bg_imgs), tensor(fg_bg_imgs), flags)
-        prob = F.interpolate(torch.sigmoid(out.mask_logits), size=(h, w), mode="bilinear", align_corners=False)
-        depth = F.interpolate(out.depth, size=(h, w), mode="bilinear", align_corners=False)
-        alpha = F.interpolate(out.alpha, size=(h, w), mode="bilinear", align_corners=False)
+        prob, depth, alpha = predict_tensors(loaded, tensor(bg_imgs), tensor(fg_bg_imgs), exact, refine)
         masks = ((prob[:, 0] >= 0.5).byte() * 255).cpu().numpy()
         alphas = (alpha[:, 0].clamp(0, 1) * 255).round().byte().cpu().numpy()
         return [Prediction(masks[i], unit_to_u16(depth[i, 0]), alphas[i]) for i in range(len(masks))]
+
+
+def predict_tensors(
+    loaded: LoadedModel, bg: torch.Tensor, fg_bg: torch.Tensor, exact: bool | torch.Tensor = False, refine: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask probability, depth and alpha (N×1×H×W) for bg, fg_bg (N×3×H×W on [0, 1], on the model's
+    device): the network at its input scale, the outputs brought back to H×W. `exact`: a bool for
+    the batch or one per pair."""
+    h, w = fg_bg.shape[-2:]
+    net_hw = network_size(h, w, loaded.input_size)
+
+    def to_network(t):
+        return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
+
+    def to_full(t):
+        return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+
+    flags = None
+    if loaded.params.exact_input:
+        flags = torch.as_tensor(exact, dtype=torch.bool, device=bg.device).expand(bg.shape[0])
+    fg_bg_net = to_network(fg_bg)
+    out = infer(loaded.net, to_network(bg), fg_bg_net, flags)
+    prob = torch.sigmoid(out.mask_logits)
+    if refine and h * w > net_hw[0] * net_hw[1]:  # upsampling: let the photo's edges place the outline
+        return (guided_upsample(prob, fg_bg_net, fg_bg, MASK_RADIUS), to_full(out.depth),
+                guided_upsample(out.alpha, fg_bg_net, fg_bg, ALPHA_RADIUS))  # fmt: skip
+    return to_full(prob), to_full(out.depth), to_full(out.alpha)
 
 
 def lift_onto(fg_bg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, new_bg: np.ndarray) -> np.ndarray:
@@ -172,13 +197,15 @@ def align_bg(
 
 def run_predict(
     model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
-    align_above_px: float | None = None, onto: Path | None = None, exact: bool = False, log=print,
+    align_above_px: float | None = None, onto: Path | None = None, exact: bool = False, refine: bool = True,
+    log=print,
 ) -> list[Path]:  # fmt: skip
     """Predict each pair; outputs (mask, alpha, 16-bit depth, colour depth, overlay, `<name>.json` with
     the alignment, and with `onto` the object on that background) at the photo's size.
     `align_above_px` (at the model's input size) overrides the trained tolerance that triggers
     alignment under `align="auto"`. `exact`: the pairs are identical outside the object (renders,
-    screenshots), for a model trained with `train.exact_input`."""
+    screenshots), for a model trained with `train.exact_input`. `refine`: mask and alpha follow the
+    photo's edges at full size (fgbg.refine), else upsampled bilinearly."""
     if align not in ALIGN_MODES:
         raise ValueError(f"--align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
     dev = resolve_device(device)
@@ -207,7 +234,7 @@ def run_predict(
         if report.aligned:
             log(f"{fg_bg_path.name}: bg aligned to the fg_bg (camera moved {report.shift_px} px, "
                 f"{report.rotation_deg}°)")  # fmt: skip
-        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact)
+        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
         overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
@@ -223,7 +250,8 @@ def run_predict(
             atomic_write_bytes(path, encode_png(img, 3))
             written.append(path)
         path = Path(out_dir) / f"{stem}.json"
-        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, **asdict(report)}
+        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, "refine": refine,
+                  **asdict(report)}  # fmt: skip
         atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
         written.append(path)
     return written
