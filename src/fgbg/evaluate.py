@@ -1,83 +1,24 @@
-"""`evaluate` stage: the test split (unseen bgs and unseen fgs) → metrics, per-sample table, sheet.
-
-Also the split evaluation that training validates with each epoch, and the prediction sheets
-both draw.
-"""
+"""`evaluate` stage: the test split (unseen bgs and unseen fgs) → metrics, per-sample table, sheet;
+at the network's size (fgbg.scoring, as training validates) and at the data's own size through
+`fgbg predict`'s path."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fgbg.config import EvaluateParams, LossWeights, MlflowParams, resolve_device
-from fgbg.convention import unit_to_u16
+from fgbg.config import EvaluateParams, MlflowParams, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
-from fgbg.images import contact_sheet
-from fgbg.losses import total_loss
-from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, alpha_metrics, depth_metrics, mask_metrics
-from fgbg.model import Outputs, infer, load_model
+from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, mask_metrics
+from fgbg.model import Outputs, load_model
 from fgbg.predict import predict_tensors
+from fgbg.scoring import prediction_sheet, predictions
 from fgbg.tracking import record_results
 
 SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
-
-
-def predictions(
-    net, dataset: ShardSamples, bgs: torch.Tensor, device: torch.device, batch_size: int, workers: int, size: int,
-    loss_weights: LossWeights, as_capture: bool = False,
-) -> Iterator[tuple[list[str], Batch, Outputs, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
-    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split: the pairs
-    as composed (exact), or `as_capture` (a model with `exact_input` told they are real captures)."""
-    for raw in make_loader(dataset, batch_size, workers, device):
-        batch = to_device(raw, bgs, device, size)
-        exact = batch.exactness() & (not as_capture)
-        out = infer(net, batch.bg, batch.fg_bg, exact)
-        loss, _ = total_loss(out, batch, loss_weights)
-        per = {
-            **mask_metrics((out.mask_logits > 0).float(), batch.mask),
-            **depth_metrics(out.depth, batch.depth),
-            **alpha_metrics(out.alpha, batch.alpha, batch.mask),
-        }
-        yield list(raw[-1]), batch, out, loss, per
-
-
-def prediction_sheet(batch: Batch, out: Outputs, n: int) -> np.ndarray:
-    """bg | fg_bg | mask gt | mask pred | alpha gt | alpha pred | depth gt | depth pred for the first n
-    samples."""
-
-    def img(t):
-        return (t.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-    rows = []
-    for i in range(min(n, batch.bg.shape[0])):
-        pred_mask = (out.mask_logits[i] > 0).float()
-        rows.append([img(batch.bg[i]), img(batch.fg_bg[i]), img(batch.mask[i])[..., 0], img(pred_mask)[..., 0],
-                     img(batch.alpha[i])[..., 0], img(out.alpha[i])[..., 0],
-                     unit_to_u16(batch.depth[i, 0]), unit_to_u16(out.depth[i, 0])])  # fmt: skip
-    return contact_sheet(rows)
-
-
-@torch.inference_mode()
-def evaluate_split(net, dataset, bgs, device, batch_size, workers, size, loss_weights, sheet_samples=6) -> dict:
-    """Mean loss and metrics over a split; the first batch's predictions as a contact sheet."""
-    was_training = net.training
-    net.eval()
-    sums: dict[str, float] = {}
-    n, sheet = 0, None
-    for _, batch, out, loss, per in predictions(net, dataset, bgs, device, batch_size, workers, size, loss_weights):
-        b = batch.bg.shape[0]
-        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
-        for k, v in per.items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-        n += b
-        if sheet is None:
-            sheet = prediction_sheet(batch, out, sheet_samples)
-    net.train(was_training)
-    return {**{k: v / max(n, 1) for k, v in sums.items()}, "sheet": sheet}
 
 
 @torch.inference_mode()

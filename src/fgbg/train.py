@@ -20,10 +20,10 @@ from tqdm import tqdm
 from fgbg.augment import CaptureAugment
 from fgbg.config import TrainParams, resolve_device
 from fgbg.data import ShardSamples, bg_table, make_loader, to_device
-from fgbg.evaluate import evaluate_split
 from fgbg.images import atomic_write_bytes
 from fgbg.losses import total_loss
 from fgbg.model import MaskDepthNet, Normaliser, build_model, infer, save_model
+from fgbg.scoring import evaluate_split
 from fgbg.tracking import TrainRun
 
 CHECKPOINT = "checkpoint.pt"
