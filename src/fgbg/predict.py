@@ -102,6 +102,8 @@ def predict_tensors(
     net_hw = network_size(h, w, loaded.input_size)
 
     def to_network(t):
+        if h >= net_hw[0] and w >= net_hw[1]:  # shrink as training does (fgbg.data.to_device): +0.001–0.002 IoU
+            return F.interpolate(t, size=net_hw, mode="area")
         return F.interpolate(t, size=net_hw, mode="bilinear", antialias=True, align_corners=False)
 
     def to_full(t):
