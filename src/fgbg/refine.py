@@ -46,5 +46,12 @@ def guided_upsample(
     a = torch.linalg.solve(sigma, cov_ip.permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1).permute(0, 3, 1, 2)
     b = mean_p - (a * mean_i).sum(1, keepdim=True)
     size = guide_full.shape[-2:]
-    a, b = (F.interpolate(_box(t, radius), size=size, mode="bilinear", align_corners=False) for t in (a, b))
-    return (a * guide_full).sum(1, keepdim=True) + b
+    a, b = _box(a, radius), _box(b, radius)
+
+    def full(t):
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    out = full(b)
+    for c in range(3):  # one full-size plane at a time: a 50 MP photo stays within a few hundred MB
+        out += full(a[:, c : c + 1]) * guide_full[:, c : c + 1]
+    return out
