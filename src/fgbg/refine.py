@@ -2,7 +2,8 @@
 
 The network runs at its training scale (128 px on the short side for cpu-quality); a photo is
 many times larger. Upsampled bilinearly, the outline is a smooth interpolation of the coarse
-one and misses every detail finer than a network pixel. The fast guided filter (He & Sun 2015,
+one with all its errors (drawn a network pixel inside or outside, rounded where the photo's edge
+is sharp). The fast guided filter (He & Sun 2015,
 "Fast Guided Filter"; the local linear model of closed-form matting) fits, in each window of the
 coarse grid, the output as a linear function of fg_bg's colour, then applies those coefficients to
 the full-size fg_bg: where the object's colour differs from the scene's, the outline snaps to the
