@@ -57,8 +57,7 @@ def quality(loaded, size: int, seed: int) -> None:
 def speed(loaded, side: int, repeats: int) -> None:
     """Seconds per pair at a camera-sized photo, with and without the refinement."""
     pair = next(capture_pairs(real_photos(), per_photo=1, size=384, seed=0, conditions=("tripod",)))
-    scale = side / 384
-    size = (round(384 * scale), round(384 * scale * 4 / 3))  # a 3:4 camera frame
+    size = (side, round(side * 4 / 3))  # a 3:4 camera frame, width × height
     bg, fg_bg = (cv2.resize(im, size, interpolation=cv2.INTER_CUBIC) for im in (pair.bg, pair.fg_bg))
     for refine in (False, True):
         predict_pair(loaded, bg, fg_bg, refine=refine)  # warm-up

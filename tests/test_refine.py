@@ -23,7 +23,7 @@ def _upsampled(coarse: np.ndarray, photo: np.ndarray) -> tuple[np.ndarray, np.nd
     """(bilinear, guided) full-size versions of a coarse map, the guide at the coarse size made as
     `fgbg predict` makes the network's input."""
     full = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
-    guide = F.interpolate(full, size=coarse.shape, mode="bilinear", antialias=True, align_corners=False)
+    guide = F.interpolate(full, size=coarse.shape, mode="area")
     c = torch.from_numpy(coarse)[None, None]
     bilinear = F.interpolate(c, size=photo.shape[:2], mode="bilinear", align_corners=False)
     return bilinear[0, 0].numpy(), guided_upsample(c, guide, full, MASK_RADIUS)[0, 0].numpy()
@@ -76,7 +76,7 @@ def test_each_image_of_a_batch_is_refined_on_its_own_and_sizes_follow_the_guide(
     a, b = _pair(0), _pair(1)
     photos = torch.from_numpy(np.stack([a.fg_bg, b.fg_bg])).permute(0, 3, 1, 2).float() / 255
     photos = photos[..., :320]  # not square: 384 × 320
-    guide = F.interpolate(photos, size=(96, 80), mode="bilinear", antialias=True, align_corners=False)
+    guide = F.interpolate(photos, size=(96, 80), mode="area")
     coarse = torch.rand(2, 1, 96, 80, generator=torch.Generator().manual_seed(0))
     both = guided_upsample(coarse, guide, photos, MASK_RADIUS)
     alone = guided_upsample(coarse[1:], guide[1:], photos[1:], MASK_RADIUS)
