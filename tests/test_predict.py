@@ -12,8 +12,7 @@ from fgbg.align import apply_homography
 from fgbg.capture_pairs import capture_pairs, real_photos
 from fgbg.config import TrainParams
 from fgbg.model import LoadedModel
-from fgbg.predict import align_bg, lift_onto, run_predict, trained_tolerance_px
-from fgbg.refine import network_size
+from fgbg.predict import align_bg, lift_onto, network_size, run_predict, trained_tolerance_px
 
 
 def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):

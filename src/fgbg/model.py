@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from fgbg.config import TrainParams, describe_errors
 from fgbg.images import atomic_write_bytes
-from fgbg.refine import full_size
 
 RGB = ("r", "g", "b")
 IN_CHANNELS = 6  # bg ⊕ fg_bg, RGB each
@@ -282,15 +281,12 @@ class Deployable(torch.nn.Module):
 
 
 class PackedDeployable(torch.nn.Module):
-    """One array in, one out, for MLflow's pyfunc: bg ⊕ fg_bg photos (B×6×H×W on [0, 1], any H, W)
-    → mask probability ⊕ depth ⊕ alpha (B×3×H×W) at the photos' size, as `fgbg predict` gives them
-    (fgbg.refine.full_size: the network at its input scale, mask and alpha refined on the way up)."""
+    """One array in, one out, for MLflow's pyfunc: bg ⊕ fg_bg (B×6×H×W on [0, 1], H and W
+    multiples of 32) → mask probability ⊕ depth ⊕ alpha (B×3×H×W)."""
 
-    def __init__(self, net: MaskDepthNet, input_size: int):
+    def __init__(self, net: MaskDepthNet):
         super().__init__()
         self.deployable = Deployable(net)
-        self.input_size = input_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bg, fg_bg = x[:, :3].clone(), x[:, 3:].clone()  # torch.cond takes no views of one another
-        return torch.cat(full_size(self.deployable, bg, fg_bg, self.input_size), 1)
+        return torch.cat(self.deployable(x[:, :3], x[:, 3:]), 1)

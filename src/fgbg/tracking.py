@@ -100,8 +100,7 @@ class TrainRun:
     def finish(self, model_path: Path, checkpoint: Path, params: MlflowParams) -> None:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
         and log (and register) model.pt's best weights with their normalisation: bg ⊕ fg_bg on
-        [0, 1] in, mask prob ⊕ depth ⊕ alpha out at the photos' size, any batch and H, W."""
-        import torch.fx.experimental._config as export_config
+        [0, 1] in, mask prob ⊕ depth ⊕ alpha out, any batch and H, W (multiples of 32)."""
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
@@ -117,17 +116,14 @@ class TrainRun:
             inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
             outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
         )
-        # Sizes of 1 (a 32-px model's bottleneck) are not special-cased, so one export serves every
-        # photo shape (else it would accept only shapes whose bottleneck is 1 where the example's is)
-        with export_config.patch(backed_size_oblivious=True):
-            self.mlflow.pytorch.log_model(
-                PackedDeployable(loaded.net, size).eval(),
-                name="model",
-                signature=signature,
-                # batch 2, H ≠ W, photos larger than the network's input
-                input_example=np.full((2, 6, 2 * max(size, 64), 2 * max(size, 64) + 64), 0.5, np.float32),
-                registered_model_name=params.registered_model,
-            )
+        self.mlflow.pytorch.log_model(
+            PackedDeployable(loaded.net).eval(),
+            name="model",
+            signature=signature,
+            # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
+            input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
+            registered_model_name=params.registered_model,
+        )
         self.mlflow.end_run()
 
 
