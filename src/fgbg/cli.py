@@ -281,7 +281,8 @@ def export(
     out: Path = MODELS / "model.onnx",
     check: Annotated[bool, typer.Option(help="Compare onnxruntime's output with torch's.")] = True,
 ) -> None:
-    """Export the model to ONNX (inputs bg, fg_bg on [0, 1]; outputs mask probability, depth, alpha)."""
+    """Export the model to ONNX: inputs bg, fg_bg on [0, 1] at the network's scale (any batch; H, W
+    multiples of 32); outputs mask probability, depth, alpha at that size (full size: `fgbg predict`)."""
     from fgbg.export import run_export
 
     typer.echo(json.dumps(run_export(model, out, check)), err=True)
