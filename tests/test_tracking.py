@@ -3,13 +3,16 @@ evaluation logged into it; names a person can compare."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import torch
 
 from fgbg.config import EvaluateParams, MlflowParams, TrainParams
 from fgbg.evaluate import run_evaluate
-from fgbg.model import Deployable, load_model
+from fgbg.model import load_model
+from fgbg.predict import predict_tensors
 from fgbg.tracking import TrainRun, run_name
 
 
@@ -30,15 +33,27 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     versions = client.search_model_versions("name='fgbg-mask-depth'")
     version = next(v for v in versions if v.run_id == run.info.run_id)
 
-    # the registered model is model.pt's best weights with normalisation inside, at any H, W
+    # the registered model is model.pt's best weights with normalisation inside, and gives what
+    # `fgbg predict` gives for photos of any size: larger (refined), smaller, other aspect ratios
     served = mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}")
-    x = np.random.default_rng(0).random((3, 6, 96, 64), dtype=np.float32)
-    got = served.predict(x)
-    net = load_model(trained.model, torch.device("cpu")).net
-    with torch.no_grad():
-        prob, depth_pred, alpha = Deployable(net)(torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
-    assert got.shape == (3, 3, 96, 64)  # mask probability, depth, alpha
-    np.testing.assert_allclose(got, torch.cat([prob, depth_pred, alpha], 1).numpy(), atol=1e-5)
+    loaded = load_model(trained.model, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for shape in ((3, 6, 96, 64), (1, 6, 40, 130), (2, 6, 24, 24)):
+        x = rng.random(shape, dtype=np.float32)
+        got = served.predict(x)
+        with torch.no_grad():
+            want = predict_tensors(loaded, torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
+        assert got.shape == (shape[0], 3, *shape[2:])  # mask probability, depth, alpha
+        np.testing.assert_allclose(got, torch.cat(want, 1).numpy(), atol=1e-5)
+    # the inference code and a pinned environment travel with the weights
+    logged = Path(
+        mlflow.artifacts.download_artifacts(
+            f"runs:/{run.info.run_id}/model", tracking_uri=trained.params.mlflow.tracking_uri
+        )
+    )
+    assert (logged / "code" / "fgbg" / "predict.py").is_file()
+    requirements = (logged / "requirements.txt").read_text()
+    assert "segmentation-models-pytorch==" in requirements and "torch==" in requirements
 
 
 def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):
@@ -54,7 +69,7 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
     as `fgbg predict` without --exact does: a deployed model is shown two camera shots."""
     from conftest import exact_pair_model
 
-    net, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
+    _, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
     params = load_model(model_pt, torch.device("cpu")).params.model_copy(
         update={"mlflow": MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", registered_model=None)}
     )
@@ -67,7 +82,7 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
     x = np.random.default_rng(1).random((2, 6, 64, 96), dtype=np.float32)
     got = served.predict(x)
     bg, fg_bg = torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:])
+    loaded = load_model(model_pt, torch.device("cpu"))
     with torch.no_grad():
-        outs = (net(bg, fg_bg, torch.full((2,), kind)) for kind in (False, True))
-        capture, exact = (torch.cat([o.mask_logits.sigmoid(), o.depth, o.alpha], 1).numpy() for o in outs)
+        capture, exact = (torch.cat(predict_tensors(loaded, bg, fg_bg, kind), 1).numpy() for kind in (False, True))
     assert abs(got - capture).max() < 1e-4 < abs(got - exact).max()

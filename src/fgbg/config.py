@@ -146,7 +146,7 @@ class MlflowParams(_Section):
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
     experiment: str = "fgbg"
     registered_model: str | None = "fgbg-mask-depth"  # null: do not register
-    log_model: bool = True  # false: skip the MLflow model (its torch.export takes ~15 s on a CPU); nothing registered
+    log_model: bool = True  # false: skip the MLflow model (model.pt + fgbg's inference code); nothing registered
 
 
 def _range(default: tuple[float, float], lo: float, hi: float):

@@ -2,9 +2,8 @@
 
 The graph is the network alone, at its own scale: bg and fg_bg of any batch and any H, W that are
 multiples of 32 (a photo shrunk so its short side is the training size, `fgbg.predict.network_size`).
-The full-size path (area shrink, guided refinement) stays `fgbg predict`'s: exported whole with
-`torch.cond` it loaded in 10–30 s instead of 1 (symbolic sizes) and its area resize converted to
-ONNX only at the example's shape."""
+The full-size path (area shrink, guided refinement) is `fgbg predict`'s and the MLflow model's
+(fgbg.serving): its area resize converted to ONNX only at the example's shape."""
 
 from __future__ import annotations
 

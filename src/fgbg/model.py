@@ -278,15 +278,3 @@ class Deployable(torch.nn.Module):
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
         out = self.net(bg, fg_bg)
         return torch.sigmoid(out.mask_logits), out.depth, out.alpha
-
-
-class PackedDeployable(torch.nn.Module):
-    """One array in, one out, for MLflow's pyfunc: bg ⊕ fg_bg (B×6×H×W on [0, 1], H and W
-    multiples of 32) → mask probability ⊕ depth ⊕ alpha (B×3×H×W)."""
-
-    def __init__(self, net: MaskDepthNet):
-        super().__init__()
-        self.deployable = Deployable(net)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.deployable(x[:, :3], x[:, 3:]), 1)

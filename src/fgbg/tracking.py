@@ -12,11 +12,9 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fgbg.config import MlflowParams, TrainParams
 from fgbg.images import atomic_write_bytes, encode_png
-from fgbg.model import PackedDeployable, load_model
 from fgbg.shards import file_sha256
 
 MODEL_SHA_TAG = "model_sha256"  # links model.pt (a DVC out, with no run id inside) to its run
@@ -99,29 +97,32 @@ class TrainRun:
 
     def finish(self, model_path: Path, checkpoint: Path, params: MlflowParams) -> None:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
-        and log (and register) model.pt's best weights with their normalisation: bg ⊕ fg_bg on
-        [0, 1] in, mask prob ⊕ depth ⊕ alpha out, any batch and H, W (multiples of 32)."""
+        and log (and register) model.pt as fgbg.serving's model: bg ⊕ fg_bg photos on [0, 1] in,
+        mask prob ⊕ depth ⊕ alpha out at the photos' size, any batch and H, W."""
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
+
+        import fgbg
+        from fgbg.serving import FullSizeModel, serving_requirements
 
         self.mlflow.log_artifact(str(checkpoint), "checkpoint")
         self.mlflow.set_tag(MODEL_SHA_TAG, file_sha256(model_path))
         if not params.log_model:
             self.mlflow.end_run()
             return
-        loaded = load_model(model_path, torch.device("cpu"))
-        size = loaded.input_size
         f32 = np.dtype(np.float32)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
             outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
         )
-        self.mlflow.pytorch.log_model(
-            PackedDeployable(loaded.net).eval(),
+        self.mlflow.pyfunc.log_model(
             name="model",
+            python_model=FullSizeModel(),
+            artifacts={"model": str(model_path)},
+            code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
             signature=signature,
-            # batch 2, H ≠ W, bottleneck > 1 px: torch.export specialises dims whose example is 1
-            input_example=np.full((2, 6, max(size, 64), max(size, 64) + 32), 0.5, np.float32),
+            input_example=np.full((1, 6, 48, 80), 0.5, np.float32),  # checked by MLflow as it logs
+            pip_requirements=serving_requirements(),
             registered_model_name=params.registered_model,
         )
         self.mlflow.end_run()
