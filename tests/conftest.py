@@ -92,8 +92,8 @@ def fresh_mlflow_uri(folder: Path) -> str:
 
 
 def tiny_train_params(tmp_path: Path, **kw):
-    """Tiny training params with their own MLflow store; the MLflow model (torch.export, ~15 s) is
-    skipped unless a test asks for it with mlflow={..., "log_model": True}."""
+    """Tiny training params with their own MLflow store; the MLflow model is skipped unless a test
+    asks for it with mlflow={..., "log_model": True}."""
     from fgbg.config import TrainParams
 
     mlflow = {"tracking_uri": fresh_mlflow_uri(tmp_path), "log_model": False, **kw.pop("mlflow", {})}

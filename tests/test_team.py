@@ -55,7 +55,7 @@ def env(tmp_path) -> dict:
 
 def tiny_repo(path: Path, env: dict, log_model: bool = True) -> Path:
     """A git + DVC repo of the project on the tiny preset; `log_model=False` skips the MLflow model
-    (~15 s of torch.export per training) where a test does not look at it."""
+    where a test does not look at it."""
     path.mkdir()
     shutil.copytree(ROOT / "src", path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore"):

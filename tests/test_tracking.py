@@ -3,10 +3,13 @@ evaluation logged into it; names a person can compare."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
 import torch
 
 from fgbg.config import EvaluateParams, MlflowParams, TrainParams
@@ -35,7 +38,7 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
 
     # the registered model is model.pt's best weights with normalisation inside, and gives what
     # `fgbg predict` gives for photos of any size: larger (refined), smaller, other aspect ratios
-    served = mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}")
+    served = mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "cpu"})
     loaded = load_model(trained.model, torch.device("cpu"))
     rng = np.random.default_rng(0)
     for shape in ((3, 6, 96, 64), (1, 6, 40, 130), (2, 6, 24, 24)):
@@ -45,15 +48,31 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
             want = predict_tensors(loaded, torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
         assert got.shape == (shape[0], 3, *shape[2:])  # mask probability, depth, alpha
         np.testing.assert_allclose(got, torch.cat(want, 1).numpy(), atol=1e-5)
-    # the inference code and a pinned environment travel with the weights
-    logged = Path(
-        mlflow.artifacts.download_artifacts(
-            f"runs:/{run.info.run_id}/model", tracking_uri=trained.params.mlflow.tracking_uri
-        )
-    )
-    assert (logged / "code" / "fgbg" / "predict.py").is_file()
+    with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)
+        mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "nodevice"})
+    # what the network would misread is refused with the reason (MLflow's schema check: the shape)
+    wide = np.full((1, 6, 8, 200), 0.5, np.float32)
+    for bad, reason in ((x[:, :5], "shape"), (x * 255, r"on \[0, 1\]"), (wide, "aspect"), (x * np.nan, "NaN")):
+        with pytest.raises(Exception, match=reason):
+            served.predict(bad)
+    # the inference code and a pinned environment travel with the weights: a process that cannot
+    # import the installed fgbg loads the model and predicts with the copy inside it
+    logged = Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model",
+                                                      tracking_uri=trained.params.mlflow.tracking_uri))  # fmt: skip
     requirements = (logged / "requirements.txt").read_text()
     assert "segmentation-models-pytorch==" in requirements and "torch==" in requirements
+    script = (
+        "import sys, importlib.util, numpy as np\n"
+        "sys.path = [p for p in sys.path if not (p and __import__('os').path.isdir(p + '/fgbg'))]\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in type(f).__module__.lower()]\n"
+        "assert importlib.util.find_spec('fgbg') is None\n"
+        "import mlflow.pyfunc\n"
+        f"m = mlflow.pyfunc.load_model({str(logged)!r}, model_config={{'device': 'cpu'}})\n"
+        "print(m.predict(np.full((1, 6, 50, 70), 0.5, np.float32)).shape, sys.modules['fgbg'].__file__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(1, 3, 50, 70)" in done.stdout and str(logged) in done.stdout
 
 
 def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):

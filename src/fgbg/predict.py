@@ -31,7 +31,11 @@ from fgbg.images import (
 from fgbg.model import LoadedModel, infer, load_model
 from fgbg.refine import ALPHA_RADIUS, MASK_RADIUS, guided_upsample
 
-_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
+PHOTO_LIMITS = {
+    "min_side": 8,
+    "max_pixels": 50_000_000,
+    "max_aspect": 8.0,
+}  # photos predict (and the MLflow model) accept
 ALIGN_MODES = ("auto", "always", "never")
 UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 
@@ -221,11 +225,11 @@ def run_predict(
         )
     align = "never" if exact else align
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
-    new_bg = None if onto is None else load_raw_image(Path(onto), **_LIMITS).pixels[..., :3]
+    new_bg = None if onto is None else load_raw_image(Path(onto), **PHOTO_LIMITS).pixels[..., :3]
     written = []
     for bg_path, fg_bg_path in pairs(bg, fg_bg):
-        bg_img = load_raw_image(bg_path, **_LIMITS).pixels[..., :3]
-        fg_bg_img = load_raw_image(fg_bg_path, **_LIMITS).pixels[..., :3]
+        bg_img = load_raw_image(bg_path, **PHOTO_LIMITS).pixels[..., :3]
+        fg_bg_img = load_raw_image(fg_bg_path, **PHOTO_LIMITS).pixels[..., :3]
         h, w = fg_bg_img.shape[:2]
         bh, bw = bg_img.shape[:2]
         if abs(bh * w - h * bw) > 0.02 * h * bw:

@@ -13,31 +13,53 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import torch
+from packaging.version import Version
 
+from fgbg.config import resolve_device
 from fgbg.model import load_model
-from fgbg.predict import predict_tensors
+from fgbg.predict import PHOTO_LIMITS, predict_tensors
 
 # what fgbg.predict imports: the serving environment's pip requirements, pinned to this one's
 SERVING_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "pydantic", "pyyaml",
-                    "tqdm", "segmentation-models-pytorch")  # fmt: skip
+                    "segmentation-models-pytorch")  # fmt: skip
 
 
 def serving_requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_PACKAGES]
+    """`name==version` for each, without local labels (`+cu126`) that PyPI does not serve."""
+    return [f"{name}=={Version(importlib.metadata.version(name)).public}" for name in SERVING_PACKAGES]
+
+
+def check_photos(x: np.ndarray) -> None:
+    """A clear error for what the network would misread: not B×6×H×W, not finite, not on [0, 1]
+    (8-bit values not divided by 255), or photos `fgbg predict` would reject."""
+    if x.ndim != 4 or x.shape[1] != 6:
+        raise ValueError(f"expected bg ⊕ fg_bg as B×6×H×W (RGB twice), got shape {x.shape}")
+    h, w = x.shape[2:]
+    limits = PHOTO_LIMITS
+    if min(h, w) < limits["min_side"] or h * w > limits["max_pixels"] or max(h, w) / min(h, w) > limits["max_aspect"]:
+        raise ValueError(f"photos of {w}×{h}: sides ≥ {limits['min_side']}, ≤ {limits['max_pixels']} pixels, "
+                         f"aspect ≤ {limits['max_aspect']}")  # fmt: skip
+    if not np.isfinite(x).all():
+        raise ValueError("input has NaN or infinite values")
+    if x.min() < -1e-3 or x.max() > 1 + 1e-3:
+        raise ValueError(f"expected RGB on [0, 1], got values in [{x.min():.3g}, {x.max():.3g}] (divide 8-bit by 255)")
 
 
 class FullSizeModel(mlflow.pyfunc.PythonModel):
     """bg ⊕ fg_bg photos (B×6×H×W float32, RGB on [0, 1], any H, W) → mask probability ⊕ depth ⊕
     alpha (B×3×H×W) at the photos' size, each pair read as a real capture (`fgbg predict` without
-    --exact; alignment is predict's own). Runs on the GPU when there is one."""
+    --exact; alignment is predict's own). Device: `model_config={"device": "cpu"}` at load time,
+    else the GPU when there is one (bf16 there, as `fgbg predict`)."""
 
     def load_context(self, context) -> None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device((context.model_config or {}).get("device", "auto"))
         self.loaded = load_model(Path(context.artifacts["model"]), device)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
+        x = np.asarray(model_input, dtype=np.float32)
+        check_photos(x)
         device = next(self.loaded.net.parameters()).device
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32), device=device)
         with torch.inference_mode():
-            outputs = predict_tensors(self.loaded, x[:, :3], x[:, 3:])
+            t = torch.from_numpy(x).to(device)
+            outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:])
         return torch.cat(outputs, 1).cpu().numpy()

@@ -102,14 +102,14 @@ class TrainRun:
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
-        import fgbg
-        from fgbg.serving import FullSizeModel, serving_requirements
-
         self.mlflow.log_artifact(str(checkpoint), "checkpoint")
         self.mlflow.set_tag(MODEL_SHA_TAG, file_sha256(model_path))
         if not params.log_model:
             self.mlflow.end_run()
             return
+        import fgbg
+        from fgbg.serving import FullSizeModel, serving_requirements
+
         f32 = np.dtype(np.float32)
         signature = ModelSignature(
             inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
@@ -120,6 +120,7 @@ class TrainRun:
             python_model=FullSizeModel(),
             artifacts={"model": str(model_path)},
             code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
+            model_config={"device": "auto"},  # load_model(..., model_config={"device": "cpu"}) overrides
             signature=signature,
             input_example=np.full((1, 6, 48, 80), 0.5, np.float32),  # checked by MLflow as it logs
             pip_requirements=serving_requirements(),
