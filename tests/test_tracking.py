@@ -29,6 +29,8 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     assert {"train_loss", "val_loss", "val_iou", "test_iou", "test_delta1"} <= set(run.data.metrics)
     assert "git_commit" in run.data.tags and len(run.data.tags["model_sha256"]) == 64
     assert run.info.run_name.startswith("resnet18-32px-1x2")
+    store = Path(trained.params.mlflow.tracking_uri.removeprefix("sqlite:///")).resolve().parent
+    assert run.info.artifact_uri.startswith((store / "mlruns").as_uri())  # beside the store, not in the cwd
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"predictions", "checkpoint", "test"} <= top
     sheets = [a.path for a in client.list_artifacts(run.info.run_id, "predictions")]

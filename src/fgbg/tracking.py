@@ -34,6 +34,16 @@ def _mlflow(params: MlflowParams):
     return mlflow
 
 
+def _use_experiment(mlflow, name: str) -> None:
+    """Set the experiment, creating it with its artifacts beside a SQLite store (`mlflow.db` →
+    `mlruns/` next to it), not in whatever folder the process runs from (MLflow's default)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(name) is None:
+        root = Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns"
+        mlflow.create_experiment(name, artifact_location=root.as_uri())
+    mlflow.set_experiment(name)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -79,7 +89,7 @@ class TrainRun:
 
     def __init__(self, params: TrainParams, all_params: dict, run_id: str | None):
         self.mlflow = _mlflow(params.mlflow)
-        self.mlflow.set_experiment(params.mlflow.experiment)
+        _use_experiment(self.mlflow, params.mlflow.experiment)
         commit = git_commit()
         self.run = self.mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name(params, commit))
         if run_id is None:
