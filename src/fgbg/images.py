@@ -207,7 +207,7 @@ def load_raw_image(path: Path, *, min_side: int, max_pixels: int, max_aspect: fl
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-                _check_dimensions(w, h, min_side, max_pixels, max_aspect)
+                check_dimensions(w, h, min_side, max_pixels, max_aspect)
                 im.load()
                 im = _upright(im, notes)
                 rgb_or_rgba = _to_8bit_rgb(im, notes)
@@ -227,7 +227,8 @@ def first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _check_dimensions(w: int, h: int, min_side: int, max_pixels: int, max_aspect: float) -> None:
+def check_dimensions(w: int, h: int, min_side: int, max_pixels: int, max_aspect: float) -> None:
+    """BadImage unless a w×h image is within the limits (also applied to arrays, fgbg.serving)."""
     if min(w, h) < min_side:
         raise BadImage(f"too small ({w}x{h}; sides must be >= {min_side} px)")
     if w * h > max_pixels:

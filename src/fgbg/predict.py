@@ -31,11 +31,8 @@ from fgbg.images import (
 from fgbg.model import LoadedModel, infer, load_model
 from fgbg.refine import ALPHA_RADIUS, MASK_RADIUS, guided_upsample
 
-PHOTO_LIMITS = {
-    "min_side": 8,
-    "max_pixels": 50_000_000,
-    "max_aspect": 8.0,
-}  # photos predict (and the MLflow model) accept
+# the photos predict (and the MLflow model) accept
+PHOTO_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
 ALIGN_MODES = ("auto", "always", "never")
 UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 

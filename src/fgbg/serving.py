@@ -16,6 +16,7 @@ import torch
 from packaging.version import Version
 
 from fgbg.config import resolve_device
+from fgbg.images import check_dimensions
 from fgbg.model import load_model
 from fgbg.predict import PHOTO_LIMITS, predict_tensors
 
@@ -34,11 +35,7 @@ def check_photos(x: np.ndarray) -> None:
     (8-bit values not divided by 255), or photos `fgbg predict` would reject."""
     if x.ndim != 4 or x.shape[1] != 6:
         raise ValueError(f"expected bg ⊕ fg_bg as B×6×H×W (RGB twice), got shape {x.shape}")
-    h, w = x.shape[2:]
-    limits = PHOTO_LIMITS
-    if min(h, w) < limits["min_side"] or h * w > limits["max_pixels"] or max(h, w) / min(h, w) > limits["max_aspect"]:
-        raise ValueError(f"photos of {w}×{h}: sides ≥ {limits['min_side']}, ≤ {limits['max_pixels']} pixels, "
-                         f"aspect ≤ {limits['max_aspect']}")  # fmt: skip
+    check_dimensions(x.shape[3], x.shape[2], **PHOTO_LIMITS)
     if not np.isfinite(x).all():
         raise ValueError("input has NaN or infinite values")
     if x.min() < -1e-3 or x.max() > 1 + 1e-3:
