@@ -117,7 +117,7 @@ def test_two_different_scenes_are_refused_or_warned_naming_both_files(trained, t
     run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="auto", log=logged.append)
     assert any(line.startswith("warning:") and str(fg_bg) in line for line in logged)
     assert json.loads((tmp_path / "out" / "shot.json").read_text())["warning"]
-    with pytest.raises(ValueError, match="--align"):
+    with pytest.raises(ValueError, match="align: one of"):
         run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="sometimes")
 
 
@@ -144,7 +144,7 @@ def test_exact_predicts_with_the_exact_norms_and_only_when_asked(tiny_stats, tmp
         assert json.loads((tmp_path / f"out{exact}" / "shot.json").read_text())["exact"] is exact
     assert not np.array_equal(depth[False], depth[True])
     assert json.loads((tmp_path / "outTrue" / "shot.json").read_text())["align"] == "never"
-    with pytest.raises(ValueError, match="--align always"):
+    with pytest.raises(ValueError, match="align always"):
         run_predict(model_pt, bg, fg_bg, tmp_path / "out", "cpu", "always", exact=True)
 
 

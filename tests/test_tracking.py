@@ -3,6 +3,7 @@ evaluation logged into it; names a person can compare."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,13 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from fgbg.capture_pairs import capture_pairs, real_photos
 from fgbg.config import EvaluateParams, MlflowParams, TrainParams
 from fgbg.evaluate import run_evaluate
 from fgbg.model import load_model
-from fgbg.predict import predict_tensors
+from fgbg.predict import predict_tensors, run_predict
 from fgbg.tracking import TrainRun, run_name
 
 
@@ -50,6 +53,19 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
             want = predict_tensors(loaded, torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
         assert got.shape == (shape[0], 3, *shape[2:])  # mask probability, depth, alpha
         np.testing.assert_allclose(got, torch.cat(want, 1).numpy(), atol=1e-5)
+    # a handheld pair is registered first, as `fgbg predict` does by default; params as its options
+    pair = next(capture_pairs(real_photos()[:1], per_photo=1, size=192, seed=3, conditions=("handheld",)))
+    bg8, fg_bg8 = pair.bg, pair.fg_bg
+    x_pair = np.concatenate([bg8, fg_bg8], 2).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    written = run_predict(trained.model, *_write_pair(tmp_path / "pair", bg8, fg_bg8), tmp_path / "out", "cpu")
+    assert json.loads(written[-1].read_text())["aligned"]
+    want_mask = np.asarray(Image.open(tmp_path / "out" / "shot_mask.png")) > 0
+    given = x_pair.copy()
+    aligned, as_shot = served.predict(x_pair), served.predict(x_pair, params={"align": "never"})
+    np.testing.assert_array_equal(x_pair, given)  # the caller's array is not written into
+    assert ((aligned[0, 0] >= 0.5) != want_mask).mean() < 0.001 < ((as_shot[0, 0] >= 0.5) != want_mask).mean()
+    with pytest.raises(Exception, match="align: one of"):
+        served.predict(x_pair, params={"align": "sometimes"})
     with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)
         mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "nodevice"})
     # what the network would misread is refused with the reason (MLflow's schema check: the shape)
@@ -87,7 +103,8 @@ def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):
 
 def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(tiny_stats, tmp_path):
     """The MLflow model of a model with exact-pair norms (the defaults) serves the capture side,
-    as `fgbg predict` without --exact does: a deployed model is shown two camera shots."""
+    as `fgbg predict` without --exact does: a deployed model is shown two camera shots; the exact
+    side when asked, as with --exact."""
     from conftest import exact_pair_model
 
     _, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
@@ -101,9 +118,19 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
 
     served = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
     x = np.random.default_rng(1).random((2, 6, 64, 96), dtype=np.float32)
-    got = served.predict(x)
+    got, got_exact = served.predict(x), served.predict(x, params={"exact": True})
     bg, fg_bg = torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:])
     loaded = load_model(model_pt, torch.device("cpu"))
     with torch.no_grad():
         capture, exact = (torch.cat(predict_tensors(loaded, bg, fg_bg, kind), 1).numpy() for kind in (False, True))
     assert abs(got - capture).max() < 1e-4 < abs(got - exact).max()
+    assert abs(got_exact - exact).max() < 1e-4  # params={"exact": True} as `fgbg predict --exact`
+    with pytest.raises(Exception, match="align always"):
+        served.predict(x, params={"exact": True, "align": "always"})
+
+
+def _write_pair(folder: Path, bg: np.ndarray, fg_bg: np.ndarray) -> tuple[Path, Path]:
+    for sub, img in (("bg", bg), ("fg_bg", fg_bg)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / sub / "shot.png")
+    return folder / "bg" / "shot.png", folder / "fg_bg" / "shot.png"

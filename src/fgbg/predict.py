@@ -158,6 +158,20 @@ def trained_tolerance_px(loaded: LoadedModel) -> float:
     return max(UNTRAINED_TOLERANCE_PX, aug.misalign.translate * loaded.input_size)
 
 
+def align_mode(loaded: LoadedModel, align: str, exact: bool, model_name: str) -> str:
+    """The align mode a prediction runs with (`never` for exact pairs), or a clear error for a
+    combination that cannot be honoured."""
+    if align not in ALIGN_MODES:
+        raise ValueError(f"align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
+    if exact and not loaded.params.exact_input:
+        raise ValueError(f"exact: {model_name} was trained without train.exact_input, so it reads every pair alike")
+    if exact and align == "always":
+        raise ValueError(
+            "exact with align always: an exact pair has no camera motion, and a warped bg is no longer exact"
+        )
+    return "never" if exact else align
+
+
 def align_bg(
     bg_img: np.ndarray, fg_bg_img: np.ndarray, mode: str, tolerance_px: float, input_size: int, names: str, log=print
 ) -> tuple[np.ndarray, AlignReport]:
@@ -210,17 +224,8 @@ def run_predict(
     alignment under `align="auto"`. `exact`: the pairs are identical outside the object (renders,
     screenshots), for a model trained with `train.exact_input`. `refine`: mask and alpha follow the
     photo's edges at full size (fgbg.refine), else upsampled bilinearly."""
-    if align not in ALIGN_MODES:
-        raise ValueError(f"--align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
-    dev = resolve_device(device)
-    loaded = load_model(Path(model_path), dev)
-    if exact and not loaded.params.exact_input:
-        raise ValueError(f"--exact: {model_path} was trained without train.exact_input, so it reads every pair alike")
-    if exact and align == "always":
-        raise ValueError(
-            "--exact with --align always: an exact pair has no camera motion, and a warped bg is no longer exact"
-        )
-    align = "never" if exact else align
+    loaded = load_model(Path(model_path), resolve_device(device))
+    align = align_mode(loaded, align, exact, str(model_path))
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
     new_bg = None if onto is None else load_raw_image(Path(onto), **PHOTO_LIMITS).pixels[..., :3]
     written = []

@@ -8,6 +8,7 @@ and alpha refined to the photo's size. Exporting that path as one `torch.export`
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -18,7 +19,10 @@ from packaging.version import Version
 from fgbg.config import resolve_device
 from fgbg.images import check_dimensions
 from fgbg.model import load_model
-from fgbg.predict import PHOTO_LIMITS, predict_tensors
+from fgbg.predict import PHOTO_LIMITS, align_bg, align_mode, predict_tensors, trained_tolerance_px
+
+# what `predict(x, params=...)` takes, as `fgbg predict`'s options (MLflow's ParamSchema, with defaults)
+SERVING_PARAMS = {"exact": False, "align": "auto"}
 
 # what fgbg.predict imports: the serving environment's pip requirements, pinned to this one's
 SERVING_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "pydantic", "pyyaml",
@@ -44,19 +48,72 @@ def check_photos(x: np.ndarray) -> None:
 
 class FullSizeModel(mlflow.pyfunc.PythonModel):
     """bg ⊕ fg_bg photos (B×6×H×W float32, RGB on [0, 1], any H, W) → mask probability ⊕ depth ⊕
-    alpha (B×3×H×W) at the photos' size, each pair read as a real capture (`fgbg predict` without
-    --exact; alignment is predict's own). Device: `model_config={"device": "cpu"}` at load time,
-    else the GPU when there is one (bf16 there, as `fgbg predict`)."""
+    alpha (B×3×H×W) at the photos' size, as `fgbg predict` gives them: pairs read as real captures
+    and a handheld bg registered to its fg_bg first (`params={"align": "auto"}`, or always / never;
+    a pair that cannot be registered is logged as a warning under auto, an error under always), or
+    `params={"exact": True}` for pairs identical outside the object. Device: `model_config=
+    {"device": "cpu"}` at load time, else the GPU when there is one (bf16 there, as `fgbg predict`)."""
 
     def load_context(self, context) -> None:
         device = resolve_device((context.model_config or {}).get("device", "auto"))
         self.loaded = load_model(Path(context.artifacts["model"]), device)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
+        options = {**SERVING_PARAMS, **(params or {})}
+        exact = bool(options["exact"])
+        align = align_mode(self.loaded, options["align"], exact, "the served model")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
+        if align != "never":
+            x = self._aligned(x, align)
         device = next(self.loaded.net.parameters()).device
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
-            outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:])
+            outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:], exact)
         return torch.cat(outputs, 1).cpu().numpy()
+
+    def _aligned(self, x: np.ndarray, align: str) -> np.ndarray:
+        """x with each bg registered to its fg_bg where the camera moved (fgbg.predict.align_bg on
+        the 8-bit pair, as predict reads files); other pairs stay as given."""
+        tolerance = trained_tolerance_px(self.loaded)
+        out = None
+        for i, pair in enumerate(x):
+            bg, fg_bg = (np.rint(p.transpose(1, 2, 0) * 255).astype(np.uint8) for p in (pair[:3], pair[3:]))
+            warped, report = align_bg(bg, fg_bg, align, tolerance, self.loaded.input_size, f"pair {i}", _log.warning)
+            if report.aligned:
+                out = x.copy() if out is None else out  # never write into the caller's array
+                out[i, :3] = warped.transpose(2, 0, 1).astype(np.float32) / 255
+                _log.info("pair %d: bg aligned to the fg_bg (camera moved %s px, %s°)", i, report.shift_px,
+                          report.rotation_deg)  # fmt: skip
+        return x if out is None else out
+
+
+def log_served_model(mlflow_module, model_path: Path, registered_model: str | None) -> None:
+    """Log (and register) model.pt as a FullSizeModel in the active run: the weights, fgbg's
+    inference code (it travels with them), a pinned environment and the tensor + params signature."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    import fgbg
+
+    f32 = np.dtype(np.float32)
+    kinds = {bool: "boolean", str: "string"}
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
+        outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
+        params=ParamSchema([ParamSpec(k, kinds[type(v)], v) for k, v in SERVING_PARAMS.items()]),
+    )
+    mlflow_module.pyfunc.log_model(
+        name="model",
+        python_model=FullSizeModel(),
+        artifacts={"model": str(model_path)},
+        code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
+        model_config={"device": "auto"},  # load_model(..., model_config={"device": "cpu"}) overrides
+        signature=signature,
+        input_example=np.full((1, 6, 48, 80), 0.5, np.float32),  # checked by MLflow as it logs
+        pip_requirements=serving_requirements(),
+        registered_model_name=registered_model,
+    )
+
+
+_log = logging.getLogger(__name__)

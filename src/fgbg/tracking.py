@@ -109,33 +109,14 @@ class TrainRun:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)
         and log (and register) model.pt as fgbg.serving's model: bg ⊕ fg_bg photos on [0, 1] in,
         mask prob ⊕ depth ⊕ alpha out at the photos' size, any batch and H, W."""
-        from mlflow.models import ModelSignature
-        from mlflow.types import Schema, TensorSpec
-
         self.mlflow.log_artifact(str(checkpoint), "checkpoint")
         self.mlflow.set_tag(MODEL_SHA_TAG, file_sha256(model_path))
         if not params.log_model:
             self.mlflow.end_run()
             return
-        import fgbg
-        from fgbg.serving import FullSizeModel, serving_requirements
+        from fgbg.serving import log_served_model
 
-        f32 = np.dtype(np.float32)
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
-            outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
-        )
-        self.mlflow.pyfunc.log_model(
-            name="model",
-            python_model=FullSizeModel(),
-            artifacts={"model": str(model_path)},
-            code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
-            model_config={"device": "auto"},  # load_model(..., model_config={"device": "cpu"}) overrides
-            signature=signature,
-            input_example=np.full((1, 6, 48, 80), 0.5, np.float32),  # checked by MLflow as it logs
-            pip_requirements=serving_requirements(),
-            registered_model_name=params.registered_model,
-        )
+        log_served_model(self.mlflow, model_path, params.registered_model)
         self.mlflow.end_run()
 
 
