@@ -13,9 +13,9 @@ import torch
 from fgbg.config import EvaluateParams, MlflowParams, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, mask_metrics
-from fgbg.model import Outputs, load_model
+from fgbg.model import Outputs, infer, load_model
 from fgbg.predict import predict_tensors
-from fgbg.scoring import prediction_sheet, predictions
+from fgbg.scoring import prediction_sheet, score_batch
 from fgbg.tracking import record_results
 
 SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
@@ -35,28 +35,29 @@ def run_evaluate(
     if not test.names:
         raise ValueError(f"{composites_dir}: no test shards (check split.test)")
     bgs = bg_table(prepared_dir, dev)
-    rows, loss_sum, extremes = [], 0.0, []
+    rows, loss_sum, extremes, capture_ious, full_size_ious = [], 0.0, [], [], []
     tp = loaded.params
-    for keys, batch, out, loss, per in predictions(
-        loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss
-    ):
+    for raw in make_loader(test, params.batch_size, tp.workers, dev):  # one read of the shards
+        keys, batch = list(raw[-1]), to_device(raw, bgs, dev, loaded.input_size)
+        out, loss, per = score_batch(loaded.net, batch, tp.loss, batch.exactness())
         loss_sum += float(loss) * len(keys)
         columns = torch.stack([per[k] for k in SAMPLE_FIELDS[1:]], 1).cpu().tolist()  # one copy per batch
         rows.extend({"key": key, **dict(zip(SAMPLE_FIELDS[1:], values, strict=True))}
                     for key, values in zip(keys, columns, strict=True))  # fmt: skip
         extremes = _keep_extremes(extremes, batch, out, per["iou"], params.sheet_samples)
+        if tp.exact_input:  # the same pairs with the model told they are real captures (predict's default)
+            as_capture = infer(loaded.net, batch.bg, batch.fg_bg, torch.zeros_like(batch.exactness()))
+            capture_ious.append(mask_metrics((as_capture.mask_logits > 0).float(), batch.mask)["iou"].cpu())
+        full_size_ious.append(full_size_iou(loaded, to_device(raw, bgs, dev)))
     n = len(rows)
     result = {
         "samples": n,
         "loss": loss_sum / n,
         **{k: float(np.mean([r[k] for r in rows])) for k in SAMPLE_FIELDS[1:]},
     }
-    if tp.exact_input:  # the same pairs with the model told they are real captures (predict's default)
-        ious = [per["iou"].cpu() for *_, per in predictions(
-            loaded.net, test, bgs, dev, params.batch_size, tp.workers, loaded.input_size, tp.loss, as_capture=True
-        )]  # fmt: skip
-        result["iou_as_capture"] = float(torch.cat(ious).mean())
-    result["iou_full_size"] = full_size_iou(loaded, test, bgs, dev, params.batch_size)
+    if capture_ious:
+        result["iou_as_capture"] = float(torch.cat(capture_ious).mean())
+    result["iou_full_size"] = float(torch.cat(full_size_ious).mean())
     result = {k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()}
     sheet = np.concatenate([prediction_sheet(b, o, 1) for _, b, o in extremes], axis=0)
     record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))
@@ -64,15 +65,11 @@ def run_evaluate(
     return result
 
 
-def full_size_iou(loaded, dataset: ShardSamples, bgs: torch.Tensor, device, batch_size: int) -> float:
-    """Mean mask IoU at the data's own size through `fgbg predict`'s path (network at its input
-    size, outputs refined to full size): what a user predicting these pairs gets."""
-    ious = []
-    for raw in make_loader(dataset, batch_size, loaded.params.workers, device):
-        batch = to_device(raw, bgs, device)
-        prob, _, _ = predict_tensors(loaded, batch.bg, batch.fg_bg, batch.exactness())
-        ious.append(mask_metrics((prob >= 0.5).float(), batch.mask)["iou"].cpu())
-    return float(torch.cat(ious).mean())
+def full_size_iou(loaded, batch: Batch) -> torch.Tensor:
+    """Per-sample mask IoU at the data's own size through `fgbg predict`'s path (network at its
+    input size, outputs refined to full size): what a user predicting these pairs gets."""
+    prob, _, _ = predict_tensors(loaded, batch.bg, batch.fg_bg, batch.exactness())
+    return mask_metrics((prob >= 0.5).float(), batch.mask)["iou"].cpu()
 
 
 def _keep_extremes(kept: list, batch: Batch, out: Outputs, iou: torch.Tensor, k: int) -> list:

@@ -20,21 +20,28 @@ from fgbg.model import Outputs, infer
 
 def predictions(
     net, dataset: ShardSamples, bgs: torch.Tensor, device: torch.device, batch_size: int, workers: int, size: int,
-    loss_weights: LossWeights, as_capture: bool = False,
+    loss_weights: LossWeights,
 ) -> Iterator[tuple[list[str], Batch, Outputs, torch.Tensor, dict[str, torch.Tensor]]]:  # fmt: skip
-    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split: the pairs
-    as composed (exact), or `as_capture` (a model with `exact_input` told they are real captures)."""
+    """(keys, batch, outputs, batch loss, per-sample metrics) for every batch of a split, the pairs
+    read as composed (exact)."""
     for raw in make_loader(dataset, batch_size, workers, device):
         batch = to_device(raw, bgs, device, size)
-        exact = batch.exactness() & (not as_capture)
-        out = infer(net, batch.bg, batch.fg_bg, exact)
-        loss, _ = total_loss(out, batch, loss_weights)
-        per = {
-            **mask_metrics((out.mask_logits > 0).float(), batch.mask),
-            **depth_metrics(out.depth, batch.depth),
-            **alpha_metrics(out.alpha, batch.alpha, batch.mask),
-        }
-        yield list(raw[-1]), batch, out, loss, per
+        yield list(raw[-1]), batch, *score_batch(net, batch, loss_weights, batch.exactness())
+
+
+def score_batch(
+    net, batch: Batch, loss_weights: LossWeights, exact: torch.Tensor
+) -> tuple[Outputs, torch.Tensor, dict[str, torch.Tensor]]:
+    """The network's outputs, the batch loss and per-sample metrics, each pair read as exact or not
+    (`exact`, one flag per pair, for a model with `exact_input`)."""
+    out = infer(net, batch.bg, batch.fg_bg, exact)
+    loss, _ = total_loss(out, batch, loss_weights)
+    per = {
+        **mask_metrics((out.mask_logits > 0).float(), batch.mask),
+        **depth_metrics(out.depth, batch.depth),
+        **alpha_metrics(out.alpha, batch.alpha, batch.mask),
+    }
+    return out, loss, per
 
 
 def prediction_sheet(batch: Batch, out: Outputs, n: int) -> np.ndarray:
