@@ -117,7 +117,7 @@ def test_two_different_scenes_are_refused_or_warned_naming_both_files(trained, t
     run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="auto", log=logged.append)
     assert any(line.startswith("warning:") and str(fg_bg) in line for line in logged)
     assert json.loads((tmp_path / "out" / "shot.json").read_text())["warning"]
-    with pytest.raises(ValueError, match="align: one of"):
+    with pytest.raises(ValueError, match="--align: one of"):
         run_predict(trained.model, bg, fg_bg, tmp_path / "out", "cpu", align="sometimes")
 
 
@@ -144,7 +144,7 @@ def test_exact_predicts_with_the_exact_norms_and_only_when_asked(tiny_stats, tmp
         assert json.loads((tmp_path / f"out{exact}" / "shot.json").read_text())["exact"] is exact
     assert not np.array_equal(depth[False], depth[True])
     assert json.loads((tmp_path / "outTrue" / "shot.json").read_text())["align"] == "never"
-    with pytest.raises(ValueError, match="align always"):
+    with pytest.raises(ValueError, match="--exact with --align always"):
         run_predict(model_pt, bg, fg_bg, tmp_path / "out", "cpu", "always", exact=True)
 
 
@@ -178,3 +178,12 @@ def test_lifting_onto_a_new_background_removes_the_old_scene_from_soft_edges():
     np.testing.assert_array_equal(got[a[..., 0] == 0], new.round()[a[..., 0] == 0])
     naive = a * fg_bg + (1 - a) * new
     assert np.abs(naive - want)[edge].mean() > 5 * np.abs(got - want)[edge].mean()
+
+
+def test_the_cli_refuses_an_unknown_align_mode_before_reading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from fgbg.cli import app
+
+    done = CliRunner().invoke(app, ["predict", "a.png", "b.png", "--model", "missing.pt", "--align", "sometimes"])
+    assert done.exit_code == 2 and "sometimes" in done.output and "auto" in done.output

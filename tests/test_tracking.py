@@ -48,7 +48,7 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     rng = np.random.default_rng(0)
     for shape in ((3, 6, 96, 64), (1, 6, 40, 130), (2, 6, 24, 24)):
         x = rng.random(shape, dtype=np.float32)
-        got = served.predict(x)
+        got = served.predict(x, params={"align": "never"})
         with torch.no_grad():
             want = predict_tensors(loaded, torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
         assert got.shape == (shape[0], 3, *shape[2:])  # mask probability, depth, alpha
@@ -64,8 +64,10 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     aligned, as_shot = served.predict(x_pair), served.predict(x_pair, params={"align": "never"})
     np.testing.assert_array_equal(x_pair, given)  # the caller's array is not written into
     assert ((aligned[0, 0] >= 0.5) != want_mask).mean() < 0.001 < ((as_shot[0, 0] >= 0.5) != want_mask).mean()
-    with pytest.raises(Exception, match="align: one of"):
+    with pytest.raises(Exception, match="params align: one of"):
         served.predict(x_pair, params={"align": "sometimes"})
+    with pytest.raises(Exception, match="params exact: .*trained without train.exact_input"):
+        served.predict(x_pair, params={"exact": True})
     with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)
         mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "nodevice"})
     # what the network would misread is refused with the reason (MLflow's schema check: the shape)
@@ -125,7 +127,7 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
         capture, exact = (torch.cat(predict_tensors(loaded, bg, fg_bg, kind), 1).numpy() for kind in (False, True))
     assert abs(got - capture).max() < 1e-4 < abs(got - exact).max()
     assert abs(got_exact - exact).max() < 1e-4  # params={"exact": True} as `fgbg predict --exact`
-    with pytest.raises(Exception, match="align always"):
+    with pytest.raises(Exception, match="params exact with params align always"):
         served.predict(x, params={"exact": True, "align": "always"})
 
 

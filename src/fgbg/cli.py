@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from fgbg.config import ConfigError, Params, load_params
+from fgbg.config import ALIGN_MODES, ConfigError, Params, load_params
 
 app = typer.Typer(
     help="Build fg/bg composite datasets (fg_bg, mask, depth) reproducibly. "
@@ -236,6 +236,13 @@ def check_captures(
     run_check_captures(p.captures, model, out, p.train.device, p.train.mlflow, log=_log)
 
 
+def _align_mode(value: str) -> str:
+    """--align checked before anything is read (a usage error naming the choices)."""
+    if value not in ALIGN_MODES:
+        raise typer.BadParameter(f"one of {', '.join(ALIGN_MODES)}, not {value!r}")
+    return value
+
+
 ALIGN_HELP = "Register the bg onto the fg_bg first: auto (camera moved beyond the trained range), always, never."
 ALIGN_ABOVE_HELP = "auto aligns above this camera shift (px at the model's input size); default: the trained range."
 ONTO_HELP = (
@@ -260,7 +267,7 @@ def predict(
     model: Path = MODELS / "model.pt",
     out: Path = Path("predictions"),
     device: str = "auto",
-    align: Annotated[str, typer.Option(help=ALIGN_HELP)] = "auto",
+    align: Annotated[str, typer.Option(help=ALIGN_HELP, callback=_align_mode)] = "auto",
     align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
     onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
     exact: Annotated[bool, typer.Option(help=EXACT_HELP)] = False,

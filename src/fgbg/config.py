@@ -237,6 +237,8 @@ class ShapesParams(_RangedSection):
 
 
 Augmentation = Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
+AlignMode = Literal["auto", "always", "never"]  # fgbg predict --align, the served model's align, captures.align
+ALIGN_MODES: tuple[str, ...] = get_args(AlignMode)
 
 
 class AnnealParams(_Section):
@@ -315,7 +317,7 @@ class CapturesParams(_Section):
     seed: int = 0
     per_photo: int = Field(16, ge=1)  # objects per photo (3 photos), each in every condition
     size: int = Field(192, ge=64)  # pair side (px); a multiple of 32
-    align: Literal["auto", "always", "never"] = "auto"  # handheld pairs, as `fgbg predict --align`
+    align: AlignMode = "auto"  # handheld pairs, as `fgbg predict --align`
 
     @model_validator(mode="after")
     def _multiple_of_32(self) -> CapturesParams:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fgbg.align import estimate_alignment, is_misaligned, warp_bg
-from fgbg.config import resolve_device
+from fgbg.config import ALIGN_MODES, resolve_device
 from fgbg.convention import unit_to_u16
 from fgbg.images import (
     IMAGE_SUFFIXES,
@@ -33,7 +33,6 @@ from fgbg.refine import ALPHA_RADIUS, MASK_RADIUS, guided_upsample
 
 # the photos predict (and the MLflow model) accept
 PHOTO_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
-ALIGN_MODES = ("auto", "always", "never")
 UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 
 
@@ -158,16 +157,19 @@ def trained_tolerance_px(loaded: LoadedModel) -> float:
     return max(UNTRAINED_TOLERANCE_PX, aug.misalign.translate * loaded.input_size)
 
 
-def align_mode(loaded: LoadedModel, align: str, exact: bool, model_name: str) -> str:
+def align_mode(loaded: LoadedModel, align: str, exact: bool, model_name: str, flag: str = "--") -> str:
     """The align mode a prediction runs with (`never` for exact pairs), or a clear error for a
-    combination that cannot be honoured."""
+    combination that cannot be honoured (options named with `flag`: `--` for the CLI)."""
     if align not in ALIGN_MODES:
-        raise ValueError(f"align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
+        raise ValueError(f"{flag}align: one of {', '.join(ALIGN_MODES)}, not {align!r}")
     if exact and not loaded.params.exact_input:
-        raise ValueError(f"exact: {model_name} was trained without train.exact_input, so it reads every pair alike")
+        raise ValueError(
+            f"{flag}exact: {model_name} was trained without train.exact_input, so it reads every pair alike"
+        )
     if exact and align == "always":
         raise ValueError(
-            "exact with align always: an exact pair has no camera motion, and a warped bg is no longer exact"
+            f"{flag}exact with {flag}align always: an exact pair has no camera motion, and a warped bg is no "
+            "longer exact"
         )
     return "never" if exact else align
 
@@ -209,6 +211,7 @@ def align_bg(
         warped = np.where(valid[..., None] > 0, warped, fg_bg_img)
         report.aligned = True
         report.uncovered = round(1.0 - float(np.count_nonzero(valid)) / valid.size, 4)
+        log(f"{names}: bg aligned to the fg_bg (camera moved {report.shift_px} px, {report.rotation_deg}°)")
         return warped, report
     return bg_img, report
 
@@ -240,9 +243,6 @@ def run_predict(
             bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
         names = f"{bg_path}, {fg_bg_path}"
         bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log)
-        if report.aligned:
-            log(f"{fg_bg_path.name}: bg aligned to the fg_bg (camera moved {report.shift_px} px, "
-                f"{report.rotation_deg}°)")  # fmt: skip
         mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)

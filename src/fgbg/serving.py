@@ -21,6 +21,8 @@ from fgbg.images import check_dimensions
 from fgbg.model import load_model
 from fgbg.predict import PHOTO_LIMITS, align_bg, align_mode, predict_tensors, trained_tolerance_px
 
+_log = logging.getLogger(__name__)
+
 # what `predict(x, params=...)` takes, as `fgbg predict`'s options (MLflow's ParamSchema, with defaults)
 SERVING_PARAMS = {"exact": False, "align": "auto"}
 
@@ -60,8 +62,10 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         options = {**SERVING_PARAMS, **(params or {})}
-        exact = bool(options["exact"])
-        align = align_mode(self.loaded, options["align"], exact, "the served model")
+        exact = options["exact"]
+        if not isinstance(exact, bool | np.bool_):
+            raise ValueError(f"params exact: true or false, not {exact!r}")
+        align = align_mode(self.loaded, options["align"], exact, "the served model", flag="params ")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
         if align != "never":
@@ -79,12 +83,10 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         out = None
         for i, pair in enumerate(x):
             bg, fg_bg = (np.rint(p.transpose(1, 2, 0) * 255).astype(np.uint8) for p in (pair[:3], pair[3:]))
-            warped, report = align_bg(bg, fg_bg, align, tolerance, self.loaded.input_size, f"pair {i}", _log.warning)
+            warped, report = align_bg(bg, fg_bg, align, tolerance, self.loaded.input_size, f"pair {i}", _log_line)
             if report.aligned:
                 out = x.copy() if out is None else out  # never write into the caller's array
                 out[i, :3] = warped.transpose(2, 0, 1).astype(np.float32) / 255
-                _log.info("pair %d: bg aligned to the fg_bg (camera moved %s px, %s°)", i, report.shift_px,
-                          report.rotation_deg)  # fmt: skip
         return x if out is None else out
 
 
@@ -110,10 +112,15 @@ def log_served_model(mlflow_module, model_path: Path, registered_model: str | No
         code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
         model_config={"device": "auto"},  # load_model(..., model_config={"device": "cpu"}) overrides
         signature=signature,
-        input_example=np.full((1, 6, 48, 80), 0.5, np.float32),  # checked by MLflow as it logs
+        input_example=(np.full((1, 6, 48, 80), 0.5, np.float32), {"align": "never"}),  # MLflow runs it as it logs
         pip_requirements=serving_requirements(),
         registered_model_name=registered_model,
     )
 
 
-_log = logging.getLogger(__name__)
+def _log_line(line: str) -> None:
+    """align_bg's lines as log records: its warnings at WARNING, the alignment found at INFO."""
+    if line.startswith("warning: "):
+        _log.warning(line.removeprefix("warning: "))
+    else:
+        _log.info(line)

@@ -1,5 +1,5 @@
 """MLflow in one place: tracking URI, experiment, run names, params, tags, metrics, images, the
-registered model, and evaluate's results logged into the training run. Telemetry is off here,
+registered model (built by fgbg.serving), and evaluate's results logged into the training run. Telemetry is off here,
 before mlflow is imported, for every caller (offline machines: no phoning home)."""
 
 from __future__ import annotations
