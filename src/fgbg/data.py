@@ -132,6 +132,16 @@ def resize_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(share >= 0.5, total / share.clamp_min(1e-6), torch.zeros_like(total))
 
 
+def resized(batch: Batch, size: int) -> Batch:
+    """The batch area-shrunk to size×size as training sees it (mask re-thresholded, depth over the
+    pixels that have it); itself when size is 0 or already the batch's."""
+    if not size or size == batch.fg_bg.shape[-1]:
+        return batch
+    bg, fg_bg, alpha = (F.interpolate(t, size=(size, size), mode="area") for t in (batch.bg, batch.fg_bg, batch.alpha))
+    mask = (F.interpolate(batch.mask, size=(size, size), mode="area") >= 0.5).float()
+    return Batch(bg, fg_bg, mask, resize_depth(batch.depth, size), alpha, batch.exact)
+
+
 def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip: torch.Generator | None = None):
     """Collated worker output → Batch: join bgs by index, widen types, resize, optional flips."""
     fg_bg, mask, alpha, depth, bg_idx = raw[:5]
@@ -140,10 +150,8 @@ def to_device(raw, bgs: torch.Tensor, device: torch.device, size: int = 0, flip:
     alpha = alpha.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
     depth = (depth.to(device, non_blocking=True).int() & 0xFFFF).unsqueeze(1).float().div_(65535)
     bg = bgs[bg_idx.to(device)].float().div_(255)
-    if size and size != fg_bg.shape[-1]:
-        bg, fg_bg, alpha = (F.interpolate(t, size=(size, size), mode="area") for t in (bg, fg_bg, alpha))
-        mask = (F.interpolate(mask, size=(size, size), mode="area") >= 0.5).float()
-        depth = resize_depth(depth, size)
+    small = resized(Batch(bg, fg_bg, mask, depth, alpha), size)
+    bg, fg_bg, mask, depth, alpha = small.bg, small.fg_bg, small.mask, small.depth, small.alpha
     if flip is not None:  # the same mirror for bg, fg_bg, mask, alpha and depth of a sample
         coin = (torch.rand(fg_bg.shape[0], generator=flip) < 0.5).to(device).view(-1, 1, 1, 1)
         bg, fg_bg, mask, alpha, depth = (torch.where(coin, t.flip(-1), t) for t in (bg, fg_bg, mask, alpha, depth))

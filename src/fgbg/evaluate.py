@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fgbg.config import EvaluateParams, MlflowParams, resolve_device
-from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
+from fgbg.data import Batch, ShardSamples, bg_table, make_loader, resized, to_device
 from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, mask_metrics
 from fgbg.model import Outputs, infer, load_model
 from fgbg.predict import predict_tensors
@@ -38,7 +38,8 @@ def run_evaluate(
     rows, loss_sum, extremes, capture_ious, full_size_ious = [], 0.0, [], [], []
     tp = loaded.params
     for raw in make_loader(test, params.batch_size, tp.workers, dev):  # one read of the shards
-        keys, batch = list(raw[-1]), to_device(raw, bgs, dev, loaded.input_size)
+        keys, full = list(raw[-1]), to_device(raw, bgs, dev)
+        batch = resized(full, loaded.input_size)
         out, loss, per = score_batch(loaded.net, batch, tp.loss, batch.exactness())
         loss_sum += float(loss) * len(keys)
         columns = torch.stack([per[k] for k in SAMPLE_FIELDS[1:]], 1).cpu().tolist()  # one copy per batch
@@ -48,7 +49,7 @@ def run_evaluate(
         if tp.exact_input:  # the same pairs with the model told they are real captures (predict's default)
             as_capture = infer(loaded.net, batch.bg, batch.fg_bg, torch.zeros_like(batch.exactness()))
             capture_ious.append(mask_metrics((as_capture.mask_logits > 0).float(), batch.mask)["iou"].cpu())
-        full_size_ious.append(full_size_iou(loaded, to_device(raw, bgs, dev)))
+        full_size_ious.append(full_size_iou(loaded, full))
     n = len(rows)
     result = {
         "samples": n,
