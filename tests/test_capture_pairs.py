@@ -121,6 +121,36 @@ def test_shift_moves_only_the_bg_within_tripod_limits(pairs):
         assert restored < 0.5 * moved
 
 
+def test_light_changes_only_the_bg_by_its_field(pairs):
+    """The light pair is the clean pair with only the bg relit: bg / clean bg follows the drawn
+    field (up to 8-bit rounding), which spans the drawn change."""
+    for name in _names(pairs):
+        clean, light = pairs[name, "clean"], pairs[name, "light"]
+        assert np.array_equal(light.fg_bg, clean.fg_bg) and np.array_equal(light.mask, clean.mask)
+        assert np.array_equal(light.true_matrix, np.eye(3))
+        bright = clean.bg.astype(float).mean(axis=2)
+        lit = bright > 40  # rounding makes dark pixels' ratios noisy
+        log_ratio = np.log(light.bg.astype(float).mean(axis=2) + 0.5) - np.log(bright + 0.5)
+        largest = light.info["light_change"]
+        assert cp.LIGHT_CHANGE[0] <= largest <= cp.LIGHT_CHANGE[1]
+        assert np.abs(log_ratio[lit]).max() <= largest + 0.03
+        assert np.abs(log_ratio[lit]).max() >= 0.5 * largest  # the change reaches the bg
+
+
+def test_light_field_is_smooth_uneven_and_within_its_drawn_change():
+    """Not one exposure (mean log gain 0, a spread of the drawn size) and smooth: no step between
+    neighbouring pixels near what a hard edge would make."""
+    size = 192
+    for seed in range(40):
+        field, info = cp._light_field(size, np.random.default_rng(seed))
+        log_gain, amount = np.log(field.astype(np.float64)), info["light_change"]
+        assert abs(log_gain.mean()) < 1e-3
+        assert np.abs(log_gain).max() == pytest.approx(amount, rel=1e-4)
+        assert np.ptp(np.percentile(log_gain, [5, 95])) > 0.3 * amount  # uneven across the frame
+        steepest = max(np.abs(np.diff(log_gain, axis=a)).max() for a in (0, 1))
+        assert steepest < 16 * amount / size  # smooth fields reach ~8; a 20 % step would be ~100 times more
+
+
 def test_photometric_shots_differ_in_exposure_colour_and_noise(pairs):
     for name in _names(pairs):
         clean, photo = pairs[name, "clean"], pairs[name, "photometric"]
@@ -202,4 +232,5 @@ def test_bad_arguments_are_refused_with_a_clear_error():
 def test_pairs_sheet_tiles_one_row_per_pair(pairs):
     chosen = [pairs["china_o0", c] for c in CONDITIONS]
     sheet = pairs_sheet(chosen)
-    assert sheet.shape == (6 * SIZE + 5 * 2, 4 * SIZE + 3 * 2, 3) and sheet.dtype == np.uint8
+    n = len(CONDITIONS)
+    assert sheet.shape == (n * SIZE + (n - 1) * 2, 4 * SIZE + 3 * 2, 3) and sheet.dtype == np.uint8

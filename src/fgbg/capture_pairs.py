@@ -12,7 +12,9 @@ the SAME clean composite, so a score difference between conditions is the pertur
 - shadow:      the object casts a soft shadow on the scene in fg_bg (not part of the mask);
 - tripod:      shift + photometric + shadow, with the same draws as the three conditions alone;
 - handheld:    the bg shot 10–20 px and 2–4° off plus ≤ 1° pan/tilt (a homography), mild
-               photometric; meant to be registered with fgbg.align before the model.
+               photometric; meant to be registered with fgbg.align before the model;
+- light:       the light on the scene changed unevenly between the shots (a cloud's edge, the sun
+               or a lamp, a phone's local tone mapping): the bg under a smooth gain field, ±10–25 %.
 
 fg_bg and mask always stay on the photo's grid; only the bg is re-shot from the moved camera. The
 scene is cut from the photo with a margin, so even a handheld bg has real content to its borders.
@@ -34,7 +36,7 @@ import numpy as np
 
 from fgbg.images import MASK_THRESHOLD, contact_sheet, resize_rgba
 
-CONDITIONS = ("clean", "shift", "photometric", "shadow", "tripod", "handheld")
+CONDITIONS = ("clean", "shift", "photometric", "shadow", "tripod", "handheld", "light")
 
 # Camera motion of the bg shot relative to the fg_bg shot.
 TRIPOD_SHIFT_PX, TRIPOD_ROT_DEG = 1.5, 0.5
@@ -44,9 +46,10 @@ OBJECT_AREA = (0.11, 0.28)  # fraction of the frame; rasterised coverage lands w
 LOWER_HALF = 0.8  # share of objects centred in the lower half of the frame (the rest anywhere)
 SHADOW_DARKEN = (0.2, 0.4)
 PSF_PX = 0.6  # Gaussian sigma (frame px) of the simulated lens + sensor blur
+LIGHT_CHANGE = (0.10, 0.25)  # largest |log gain| of the uneven light change across the frame
 
 # Stream ids: one generator per kind of draw, so changing one condition never moves another.
-_SHAPE, _PLACE, _SHIFT, _PHOTO_BG, _PHOTO_FG, _SHADOW, _HAND, _HAND_BG, _HAND_FG = range(9)
+_SHAPE, _PLACE, _SHIFT, _PHOTO_BG, _PHOTO_FG, _SHADOW, _HAND, _HAND_BG, _HAND_FG, _LIGHT = range(10)
 _NOISE = 100  # + a camera's stream: that shot's sensor noise
 
 
@@ -193,11 +196,14 @@ def _conditions(
             fg_bg = photometric(_composite(view * shade, colour, alpha), cam_fg, _PHOTO_FG)
             matrix = tripod_m
             extra = {**tripod_info, **shadow_info, "camera_bg": cam_bg, "camera_fg_bg": cam_fg}
-        else:  # handheld
+        elif condition == "handheld":
             mild_bg, mild_fg = _draw_camera(rng(_HAND_BG), mild=True), _draw_camera(rng(_HAND_FG), mild=True)
             bg = photometric(camera.shot(hand_m), mild_bg, _HAND_BG)
             fg_bg = photometric(clean, mild_fg, _HAND_FG)
             matrix, extra = hand_m, {**hand_info, "camera_bg": mild_bg, "camera_fg_bg": mild_fg}
+        elif condition == "light":
+            field, extra = _light_field(size, rng(_LIGHT))
+            bg, fg_bg, matrix = view * field[..., None], clean, identity
         yield CapturePair(
             name, condition, _to_u8(bg), _to_u8(fg_bg), mask.copy(), matrix.copy(), {**info, **extra}, alpha.copy()
         )
@@ -443,6 +449,27 @@ def _shadow(alpha: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, di
     info = {"shadow_strength": float(strength), "shadow_squash": float(squash), "shadow_shear": float(shear)}
     info["shadow_offset_px"] = (float(ox), float(oy))
     return shade.astype(np.float32), info
+
+
+# ---------------------------------------------------------------- light
+
+
+def _light_field(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A smooth gain field (≥ 0) for a light that changed unevenly: a ramp in a random direction
+    (the sun or a lamp moved) plus one soft bright or dark patch (a cloud, a light switched), scaled
+    so that its largest |log gain| is drawn from LIGHT_CHANGE."""
+    yy, xx = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5
+    theta = rng.uniform(0.0, 2 * math.pi)
+    ramp = (xx * math.cos(theta) + yy * math.sin(theta)) * rng.uniform(0.3, 1.0)
+    cx, cy = rng.uniform(-0.5, 0.5, 2)
+    radius = rng.uniform(0.15, 0.4)
+    patch = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2)) * rng.choice([-1.0, 1.0])
+    log_gain = ramp + patch
+    log_gain -= log_gain.mean()  # an uneven change, not an exposure change (photometric has those)
+    amount = rng.uniform(*LIGHT_CHANGE)
+    field = np.exp(log_gain * (amount / np.abs(log_gain).max()))
+    info = {"light_change": float(amount), "light_direction_deg": float(math.degrees(theta))}
+    return field.astype(np.float32), info
 
 
 # ---------------------------------------------------------------- photometric
