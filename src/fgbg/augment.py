@@ -8,8 +8,7 @@ perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
   the scene outside the object; mask and depth stay (a shadow is not the object);
 - misalign (bg): sub-pixel affine — translation, rotation, zoom; fg_bg, mask and depth stay, as
   they describe fg_bg's scene;
-- light, photometric, blur, noise: on each shot independently, in the order light reaches a camera
-  and the camera applies them (light: a smooth gain field across the frame, an uneven change);
+- photometric, blur, noise: on each shot independently, in the order a camera applies them;
 - shapes (fg_bg, mask, alpha, depth; first): objects with random outlines, so the network compares the
   shots instead of drawing the training sprites' silhouettes where differences are unreliable.
 
@@ -39,7 +38,6 @@ from fgbg.data import Batch
 
 _STREAM = 0xA06  # keeps this stream apart from the flip generator's (seed + rank)
 BG, FG_BG = 0, 1  # shot index in the 2×B draws
-LIGHT_GRID = 3  # the light field's grid points per side (a fixed number of draws)
 Params = Callable[[str, torch.Tensor], torch.Tensor]  # (name, picked indices) → their columns, on the device
 
 
@@ -77,8 +75,6 @@ class Draws:
     shape_texture: torch.Tensor  # B weight of the other scene's texture against the flat colour
     shape_colour: torch.Tensor  # B×3
     exact: torch.Tensor  # B bool: left exact (the `clean` fraction): no capture difference is applied
-    light: torch.Tensor  # 2×B bool
-    light_grid: torch.Tensor  # 2×B×LIGHT_GRID×LIGHT_GRID log gains
 
 
 class CaptureAugment:
@@ -157,15 +153,12 @@ class CaptureAugment:
         shapes = shapes if sp.exact else shapes & perturb
         aspect, wobble, phase = log_sym(0.6, b), sp.wobble * unit(b, 4), 2 * math.pi * unit(b, 4)
         texture, colour = unit(b), unit(b, 3)
-        light = picked("light", torch.tensor([[p.light.p_bg], [p.light.p_fg_bg]]), 2, b) & perturb
-        light_grid = sym(p.light.gain, 2, b, LIGHT_GRID, LIGHT_GRID)
         return Draws(misalign, shift, angle, zoom, photometric, gain, gamma, wb, offset, blur, blur_sigma, noise,
                      noise_sigma, noise_seed, shadow, darkening, shadow_offset, squash, shear, shadow_blur,
-                     shapes, centre, size, aspect, wobble, phase, texture, colour, ~perturb,
-                     light, light_grid)  # fmt: skip
+                     shapes, centre, size, aspect, wobble, phase, texture, colour, ~perturb)  # fmt: skip
 
     def apply(self, batch: Batch, d: Draws) -> Batch:
-        """`batch` perturbed by the draws `d`: shadow → misalign → light → photometric → blur → noise, clamped."""
+        """`batch` perturbed by the draws `d`: shadow → misalign → photometric → blur → noise, clamped."""
         bg, fg_bg = batch.bg, batch.fg_bg
         dev, (h, w) = bg.device, bg.shape[-2:]
         table, cols = _columns(
@@ -175,10 +168,9 @@ class CaptureAugment:
             shadow_offset=d.shadow_offset, squash=d.shadow_squash, shear=d.shadow_shear, shadow_blur=d.shadow_blur,
             centre=d.shape_centre, size=d.shape_size, aspect=d.shape_aspect, wobble=d.shape_wobble,
             phase=d.shape_phase, texture=d.shape_texture, colour=d.shape_colour,
-            light_bg=d.light_grid[BG], light_fg_bg=d.light_grid[FG_BG],
         )  # fmt: skip
         picks = {"shapes": d.shapes, "shadow": d.shadow, "misalign": d.misalign}
-        for name, coins in (("light", d.light), ("photometric", d.photometric), ("blur", d.blur), ("noise", d.noise)):
+        for name, coins in (("photometric", d.photometric), ("blur", d.blur), ("noise", d.noise)):
             picks.update({f"{name}{s}": coins[s] for s in (BG, FG_BG)})
         picks = {k: v.nonzero().flatten() for k, v in picks.items()}
         picks = {k: v for k, v in picks.items() if len(v)}
@@ -206,11 +198,6 @@ class CaptureAugment:
             i = idx["misalign"]
             shots[BG] = bg.index_copy(0, i, self._misalign(bg[i], par, i))
         for s in (BG, FG_BG):
-            if f"light{s}" in idx:
-                i = idx[f"light{s}"]
-                grid = par(("light_bg", "light_fg_bg")[s], i).view(-1, 1, LIGHT_GRID, LIGHT_GRID)
-                field = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True).exp()
-                shots[s] = shots[s].index_copy(0, i, (shots[s][i] * field).clamp(0, 1))
             if f"photometric{s}" in idx:
                 i = idx[f"photometric{s}"]
                 out = _photometric(shots[s][i], par("gain", i)[:, s], par("gamma", i)[:, s],

@@ -194,16 +194,6 @@ class PhotometricParams(_Section):
     offset: float = Field(0.035, ge=0.0, le=0.5)  # black level added, in [-offset, offset]
 
 
-class LightParams(_Section):
-    """Uneven light: each shot under its own smooth gain field (the sun or a cloud moved, a lamp was
-    switched, a phone's local tone mapping re-metered), so a difference that varies slowly across the
-    frame is not read as object; a coarse grid of log gains, upsampled bicubically."""
-
-    p_bg: float = Field(0.3, ge=0.0, le=1.0)
-    p_fg_bg: float = Field(0.3, ge=0.0, le=1.0)
-    gain: float = Field(0.25, ge=0.0, le=1.0)  # each grid point's log gain in [-gain, gain]
-
-
 class BlurParams(_RangedSection):
     """Slight defocus/softness that differs between the shots; each shot is blurred independently."""
 
@@ -246,7 +236,7 @@ class ShapesParams(_RangedSection):
     exact: bool = True  # also into the pairs left exact (`clean`); false: those stay exactly as composed
 
 
-Augmentation = Literal["misalign", "photometric", "light", "blur", "noise", "shadow", "shapes"]
+Augmentation = Literal["misalign", "photometric", "blur", "noise", "shadow", "shapes"]
 AlignMode = Literal["auto", "always", "never"]  # fgbg predict --align, the served model's align, captures.align
 ALIGN_MODES: tuple[str, ...] = get_args(AlignMode)
 
@@ -270,7 +260,6 @@ class AugmentParams(_Section):
     clean: float = Field(0.0, ge=0.0, le=1.0)  # fraction of pairs left exactly as composed (the tripod ideal)
     misalign: MisalignParams = MisalignParams()
     photometric: PhotometricParams = PhotometricParams()
-    light: LightParams = LightParams()
     blur: BlurParams = BlurParams()
     noise: NoiseParams = NoiseParams()
     shadow: ShadowParams = ShadowParams()
