@@ -4,6 +4,7 @@ by exactly their perturbation, with truthful masks and camera matrices."""
 from __future__ import annotations
 
 import math
+import zlib
 
 import cv2
 import numpy as np
@@ -149,6 +150,44 @@ def test_light_field_is_smooth_uneven_and_within_its_drawn_change():
         assert np.ptp(np.percentile(log_gain, [5, 95])) > 0.3 * amount  # uneven across the frame
         steepest = max(np.abs(np.diff(log_gain, axis=a)).max() for a in (0, 1))
         assert steepest < 16 * amount / size  # smooth fields reach ~8; a 20 % step would be ~100 times more
+
+
+def _drawn_motion(name: str) -> np.ndarray:
+    """The flow the generator drew for the composite `name` ("<photo>_o<k>"), from its own stream."""
+    photo, k = name.rsplit("_o", 1)
+    return cp._scene_motion(SIZE, cp._Streams(0, zlib.crc32(photo.encode()), int(k))(cp._MOTION))[0]
+
+
+def test_motion_moves_only_the_bg_and_only_where_the_scene_moved(pairs):
+    """The motion pair is the clean pair with the bg displaced by the drawn flow: exact where the
+    scene stood still, changed where it moved, fg_bg and mask untouched."""
+    for name in _names(pairs):
+        clean, motion = pairs[name, "clean"], pairs[name, "motion"]
+        assert np.array_equal(motion.fg_bg, clean.fg_bg) and np.array_equal(motion.mask, clean.mask)
+        assert np.array_equal(motion.true_matrix, np.eye(3))
+        assert cp.SCENE_MOTION_PX[0] <= motion.info["motion_px"] <= cp.SCENE_MOTION_PX[1]
+        flow = _drawn_motion(name)
+        displacement = np.hypot(flow[..., 0], flow[..., 1])
+        diff = np.abs(motion.bg.astype(int) - clean.bg.astype(int)).max(axis=2)
+        still = cv2.dilate((displacement > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+        assert still.any() and not diff[still].any()
+        redone = cp._move_scene(clean.bg.astype(np.float32), flow)  # the clean bg moved by the drawn flow
+        assert np.abs(redone - motion.bg).max() <= 2  # 8-bit rounding of the two views
+        assert diff[displacement > 0].max() > 8  # the scene did move where the flow says
+
+
+def test_scene_motion_is_smooth_local_and_within_its_drawn_size():
+    """The flow's largest displacement is the drawn one; it varies over many pixels (leaves and
+    ripples, not a torn image) and leaves a good part of the frame exactly still."""
+    size, still = 192, []
+    for seed in range(40):
+        flow, info = cp._scene_motion(size, np.random.default_rng(seed))
+        displacement = np.hypot(flow[..., 0], flow[..., 1])
+        assert displacement.max() == pytest.approx(info["motion_px"], rel=1e-4)
+        steepest = max(np.abs(np.diff(flow, axis=a)).max() for a in (0, 1))
+        assert steepest < 4 * info["motion_px"] * cp.SCENE_MOTION_CELLS / size  # smooth fields reach ~2.5
+        still.append((displacement == 0).mean())
+    assert min(still) > 0 and np.mean(still) > 0.3
 
 
 def test_photometric_shots_differ_in_exposure_colour_and_noise(pairs):

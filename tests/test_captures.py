@@ -76,6 +76,7 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
     assert r["iou_handheld"] > r["iou_handheld_unaligned"] + 0.15  # (its mild exposure change remains)
     assert r["gap_shift"] > 0.2  # a 1.5 px nudge already fools plain differencing
     assert r["gap_shadow"] > 0.05  # and so does the shadow: the check sees both
+    assert r["gap_motion"] > 0.01  # and leaves or water that moved on their own (≤ 1–4 px, in part of the frame)
 
 
 class ExactOnly(Differencing):

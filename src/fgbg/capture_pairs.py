@@ -14,7 +14,10 @@ the SAME clean composite, so a score difference between conditions is the pertur
 - handheld:    the bg shot 10–20 px and 2–4° off plus ≤ 1° pan/tilt (a homography), mild
                photometric; meant to be registered with fgbg.align before the model;
 - light:       the light on the scene changed unevenly between the shots (a cloud's edge, the sun
-               or a lamp, a phone's local tone mapping): the bg under a smooth gain field, ±10–25 %.
+               or a lamp, a phone's local tone mapping): the bg under a smooth gain field, ±10–25 %;
+- motion:      parts of the scene moved on their own between the shots (leaves in the wind,
+               ripples on water): the bg displaced by a smooth flow of ≤ 1–4 px in one or two
+               soft regions, still elsewhere.
 
 fg_bg and mask always stay on the photo's grid; only the bg is re-shot from the moved camera. The
 scene is cut from the photo with a margin, so even a handheld bg has real content to its borders.
@@ -36,7 +39,7 @@ import numpy as np
 
 from fgbg.images import MASK_THRESHOLD, contact_sheet, resize_rgba
 
-CONDITIONS = ("clean", "shift", "photometric", "shadow", "tripod", "handheld", "light")
+CONDITIONS = ("clean", "shift", "photometric", "shadow", "tripod", "handheld", "light", "motion")
 
 # Camera motion of the bg shot relative to the fg_bg shot.
 TRIPOD_SHIFT_PX, TRIPOD_ROT_DEG = 1.5, 0.5
@@ -47,9 +50,11 @@ LOWER_HALF = 0.8  # share of objects centred in the lower half of the frame (the
 SHADOW_DARKEN = (0.2, 0.4)
 PSF_PX = 0.6  # Gaussian sigma (frame px) of the simulated lens + sensor blur
 LIGHT_CHANGE = (0.10, 0.25)  # largest |log gain| of the uneven light change across the frame
+SCENE_MOTION_PX = (1.0, 4.0)  # largest displacement (frame px) of the parts of the scene that moved
+SCENE_MOTION_CELLS = 12  # the flow varies over ~1/12 of the frame: leaves and ripples, not the whole view
 
 # Stream ids: one generator per kind of draw, so changing one condition never moves another.
-_SHAPE, _PLACE, _SHIFT, _PHOTO_BG, _PHOTO_FG, _SHADOW, _HAND, _HAND_BG, _HAND_FG, _LIGHT = range(10)
+_SHAPE, _PLACE, _SHIFT, _PHOTO_BG, _PHOTO_FG, _SHADOW, _HAND, _HAND_BG, _HAND_FG, _LIGHT, _MOTION = range(11)
 _NOISE = 100  # + a camera's stream: that shot's sensor noise
 
 
@@ -204,6 +209,9 @@ def _conditions(
         elif condition == "light":
             field, extra = _light_field(size, rng(_LIGHT))
             bg, fg_bg, matrix = view * field[..., None], clean, identity
+        elif condition == "motion":
+            flow, extra = _scene_motion(size, rng(_MOTION))
+            bg, fg_bg, matrix = _move_scene(view, flow), clean, identity
         yield CapturePair(
             name, condition, _to_u8(bg), _to_u8(fg_bg), mask.copy(), matrix.copy(), {**info, **extra}, alpha.copy()
         )
@@ -470,6 +478,44 @@ def _light_field(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]
     field = np.exp(log_gain * (amount / np.abs(log_gain).max()))
     info = {"light_change": float(amount), "light_direction_deg": float(math.degrees(theta))}
     return field.astype(np.float32), info
+
+
+# ---------------------------------------------------------------- scene motion
+
+
+def _scene_motion(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """A displacement field (size×size×2, frame px) for parts of the scene that moved on their own
+    between the shots: a smooth random flow varying over ~1/SCENE_MOTION_CELLS of the frame, inside
+    one or two soft regions (a tree, a stretch of water) and exactly zero outside them, scaled so
+    that its largest displacement is drawn from SCENE_MOTION_PX."""
+    cells = SCENE_MOTION_CELLS
+    flow = np.stack(
+        [cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+         for _ in range(2)], axis=-1,
+    )  # fmt: skip
+    yy, xx = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5
+    region = np.zeros((size, size), np.float32)
+    for _ in range(int(rng.integers(1, 3))):
+        cx, cy = rng.uniform(-0.5, 0.5, 2)
+        radius = rng.uniform(0.1, 0.25)
+        bump = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+        region = np.maximum(region, np.clip((bump - 0.05) / 0.95, 0.0, 1.0))  # zero beyond ~2.4 radii
+    flow *= region[..., None]
+    amount = rng.uniform(*SCENE_MOTION_PX)
+    flow *= amount / max(float(np.hypot(flow[..., 0], flow[..., 1]).max()), 1e-6)
+    info = {"motion_px": float(amount), "moving_fraction": float((region > 0).mean())}
+    return flow.astype(np.float32), info
+
+
+def _move_scene(view: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """The view with each pixel q showing what the reference view has at q + flow(q) (bicubic; where
+    the flow is zero the kernel picks the pixel itself, so the still scene stays exact)."""
+    size = view.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    map_x = np.ascontiguousarray(xx + flow[..., 0], np.float32)
+    map_y = np.ascontiguousarray(yy + flow[..., 1], np.float32)
+    moved = cv2.remap(view, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    return np.clip(moved, 0, 255)
 
 
 # ---------------------------------------------------------------- photometric

@@ -5,15 +5,16 @@ unlike the training sprites, perturbations independent of the training augmentat
 pair goes through `fgbg predict`'s own path (predict_pair; align_bg for the handheld pairs), so
 the figures are what a user gets:
 
-- clean, shift, photometric, shadow, tripod, light: the model alone, as shot (no alignment);
+- clean, shift, photometric, shadow, tripod, light, motion: the model alone, as shot (no alignment);
 - handheld: `fgbg predict`'s default `--align auto` (registered when beyond the trained range);
 - handheld_unaligned: the same pairs without alignment (what --align saves);
 - clean_exact, for a model trained with `train.exact_input` only: the clean pair predicted as
   `fgbg predict --exact` does (every other check is predicted as a real capture, the default).
 
 Writes captures.json (mean IoU and alpha SAD per condition, each condition's IoU gap to clean,
-paired over the same composites; `worst_tripod_gap` over the tripod conditions the issue's table
-named, "light" being reported beside them), captures_samples.csv and captures_sheet.png (the worst pair per condition).
+paired over the same composites; `worst_tripod_gap` over the tripod conditions: shift,
+photometric, shadow, tripod, with "light" and "motion" reported beside them),
+captures_samples.csv and captures_sheet.png (the worst pair per condition).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def summarise(rows: list[dict]) -> dict:
         if by[check]:
             result[f"iou_{check}"] = float(np.mean(list(by[check].values())))
             result[f"alpha_sad_{check}"] = float(np.mean([r["alpha_sad"] for r in rows if r["check"] == check]))
-    for check in (*TRIPOD, "light", "handheld", "handheld_unaligned"):
+    for check in (*TRIPOD, "light", "motion", "handheld", "handheld_unaligned"):
         paired = [by["clean"][n] - iou for n, iou in by[check].items() if n in by["clean"]]
         if paired:
             result[f"gap_{check}"] = float(np.mean(paired))

@@ -229,7 +229,7 @@ def check_captures(
     model: Path = MODELS / "model.pt",
     out: Path = METRICS,
 ) -> None:
-    """Real photos shot like real pairs (nudge, exposure, shadow, light, handheld): IoU per condition → metrics/."""
+    """Real photos shot like real pairs (nudge, exposure, shadow, light, moving scene, handheld): IoU → metrics/."""
     from fgbg.captures import run_check_captures
 
     p = _params(params)
