@@ -60,7 +60,7 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         device = resolve_device((context.model_config or {}).get("device", "auto"))
         self.loaded = load_model(Path(context.artifacts["model"]), device)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         options = {**SERVING_PARAMS, **(params or {})}
         exact = options["exact"]
         if not isinstance(exact, bool | np.bool_):
