@@ -54,6 +54,14 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
             want = predict_tensors(loaded, torch.from_numpy(x[:, :3]), torch.from_numpy(x[:, 3:]))
         assert got.shape == (shape[0], 3, *shape[2:])  # mask probability, depth, alpha
         np.testing.assert_allclose(got, torch.cat(want, 1).numpy(), atol=1e-5)
+    # params={"refine": False} as `--no-refine`: bilinear upsampling of a photo larger than the network's side
+    big = rng.random((1, 6, 96, 64), dtype=np.float32)
+    with torch.no_grad():
+        bg_t, fg_bg_t = torch.from_numpy(big[:, :3]), torch.from_numpy(big[:, 3:])
+        bilinear = torch.cat(predict_tensors(loaded, bg_t, fg_bg_t, refine=False), 1).numpy()
+        refined = torch.cat(predict_tensors(loaded, bg_t, fg_bg_t), 1).numpy()
+    np.testing.assert_allclose(served.predict(big, params={"align": "never", "refine": False}), bilinear, atol=1e-5)
+    assert np.abs(bilinear - refined).max() > 1e-3  # the param changes what is served
     # a handheld pair is registered first, as `fgbg predict` does by default; params as its options
     pair = next(capture_pairs(real_photos()[:1], per_photo=1, size=192, seed=3, conditions=("handheld",)))
     bg8, fg_bg8 = pair.bg, pair.fg_bg
@@ -67,6 +75,10 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     assert ((aligned[0, 0] >= 0.5) != want_mask).mean() < 0.001 < ((as_shot[0, 0] >= 0.5) != want_mask).mean()
     with pytest.raises(Exception, match="params align: one of"):
         served.predict(x_pair, params={"align": "sometimes"})
+    # params={"align_above_px": ...} as `--align-above-px`: auto registers only a camera moved beyond it
+    np.testing.assert_allclose(served.predict(x_pair, params={"align_above_px": 1000.0}), as_shot, atol=1e-6)
+    with pytest.raises(Exception, match="params align_above_px: a camera shift ≥ 0"):
+        served.predict(x_pair, params={"align_above_px": -1.0})
     with pytest.raises(Exception, match="params exact: .*trained without train.exact_input"):
         served.predict(x_pair, params={"exact": True})
     with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import math
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -23,8 +24,14 @@ from fgbg.predict import PHOTO_LIMITS, align_bg, align_mode, predict_tensors, tr
 
 _log = logging.getLogger(__name__)
 
-# what `predict(x, params=...)` takes, as `fgbg predict`'s options (MLflow's ParamSchema, with defaults)
-SERVING_PARAMS = {"exact": False, "align": "auto"}
+# what `predict(x, params=...)` takes, as `fgbg predict`'s options: name → (MLflow type, default);
+# align_above_px None is the model's trained range (`--align-above-px` left out)
+SERVING_PARAMS = {
+    "exact": ("boolean", False),
+    "align": ("string", "auto"),
+    "align_above_px": ("double", None),
+    "refine": ("boolean", True),
+}
 
 # what fgbg.predict imports: the serving environment's pip requirements, pinned to this one's
 SERVING_PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "pydantic", "pyyaml",
@@ -52,8 +59,9 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
     """bg ⊕ fg_bg photos (B×6×H×W float32, RGB on [0, 1], any H, W) → mask probability ⊕ depth ⊕
     alpha (B×3×H×W) at the photos' size, as `fgbg predict` gives them: pairs read as real captures
     and a handheld bg registered to its fg_bg first (`params={"align": "auto"}`, or always / never;
-    a pair that cannot be registered is logged as a warning under auto, an error under always), or
-    `params={"exact": True}` for pairs identical outside the object. Device: `model_config=
+    a pair that cannot be registered is logged as a warning under auto, an error under always;
+    `align_above_px` as `--align-above-px`), `params={"exact": True}` for pairs identical outside the
+    object, `params={"refine": False}` as `--no-refine`. Device: `model_config=
     {"device": "cpu"}` at load time, else the GPU when there is one (bf16 there, as `fgbg predict`)."""
 
     def load_context(self, context) -> None:
@@ -61,25 +69,28 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         self.loaded = load_model(Path(context.artifacts["model"]), device)
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        options = {**SERVING_PARAMS, **(params or {})}
-        exact = options["exact"]
-        if not isinstance(exact, bool | np.bool_):
-            raise ValueError(f"params exact: true or false, not {exact!r}")
+        options = {name: default for name, (_, default) in SERVING_PARAMS.items()} | (params or {})
+        for name in ("exact", "refine"):
+            if not isinstance(options[name], bool | np.bool_):
+                raise ValueError(f"params {name}: true or false, not {options[name]!r}")
+        exact, above = options["exact"], options["align_above_px"]
+        if above is not None and not (isinstance(above, int | float) and math.isfinite(above) and above >= 0):
+            raise ValueError(f"params align_above_px: a camera shift ≥ 0 px at the model's input size, not {above!r}")
         align = align_mode(self.loaded, options["align"], exact, "the served model", flag="params ")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
         if align != "never":
-            x = self._aligned(x, align)
+            x = self._aligned(x, align, trained_tolerance_px(self.loaded) if above is None else above)
         device = next(self.loaded.net.parameters()).device
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
-            outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:], exact)
+            outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:], exact, options["refine"])
         return torch.cat(outputs, 1).cpu().numpy()
 
-    def _aligned(self, x: np.ndarray, align: str) -> np.ndarray:
-        """x with each bg registered to its fg_bg where the camera moved (fgbg.predict.align_bg on
-        the 8-bit pair, as predict reads files); other pairs stay as given."""
-        tolerance = trained_tolerance_px(self.loaded)
+    def _aligned(self, x: np.ndarray, align: str, tolerance: float) -> np.ndarray:
+        """x with each bg registered to its fg_bg where the camera moved beyond `tolerance` px at
+        the model's input size (fgbg.predict.align_bg on the 8-bit pair, as predict reads files);
+        other pairs stay as given."""
         out = None
         for i, pair in enumerate(x):
             bg, fg_bg = (np.rint(p.transpose(1, 2, 0) * 255).astype(np.uint8) for p in (pair[:3], pair[3:]))
@@ -99,11 +110,10 @@ def log_served_model(mlflow_module, model_path: Path, registered_model: str | No
     import fgbg
 
     f32 = np.dtype(np.float32)
-    kinds = {bool: "boolean", str: "string"}
     signature = ModelSignature(
         inputs=Schema([TensorSpec(f32, (-1, 6, -1, -1))]),
         outputs=Schema([TensorSpec(f32, (-1, 3, -1, -1))]),
-        params=ParamSchema([ParamSpec(k, kinds[type(v)], v) for k, v in SERVING_PARAMS.items()]),
+        params=ParamSchema([ParamSpec(name, kind, default) for name, (kind, default) in SERVING_PARAMS.items()]),
     )
     mlflow_module.pyfunc.log_model(
         name="model",
