@@ -169,16 +169,16 @@ def test_motion_moves_only_the_bg_and_only_where_the_scene_moved(pairs):
         flow = _drawn_motion(name)
         displacement = np.hypot(flow[..., 0], flow[..., 1])
         diff = np.abs(motion.bg.astype(int) - clean.bg.astype(int)).max(axis=2)
-        still = cv2.dilate((displacement > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+        still = displacement == 0
         assert still.any() and not diff[still].any()
         redone = cp._move_scene(clean.bg.astype(np.float32), flow)  # the clean bg moved by the drawn flow
         assert np.abs(redone - motion.bg).max() <= 2  # 8-bit rounding of the two views
-        assert diff[displacement > 0].max() > 8  # the scene did move where the flow says
+        assert diff[displacement > 0].max() > 2  # the scene did move where the flow says
 
 
 def test_scene_motion_is_smooth_local_and_within_its_drawn_size():
     """The flow's largest displacement is the drawn one; it varies over many pixels (leaves and
-    ripples, not a torn image) and leaves a good part of the frame exactly still."""
+    ripples, not a torn image) and leaves part of the frame exactly still (on average a third or more)."""
     size, still = 192, []
     for seed in range(40):
         flow, info = cp._scene_motion(size, np.random.default_rng(seed))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -77,7 +76,7 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
         served.predict(x_pair, params={"align": "sometimes"})
     # params={"align_above_px": ...} as `--align-above-px`: auto registers only a camera moved beyond it
     np.testing.assert_allclose(served.predict(x_pair, params={"align_above_px": 1000.0}), as_shot, atol=1e-6)
-    with pytest.raises(Exception, match="params align_above_px: a camera shift ≥ 0"):
+    with pytest.raises(Exception, match="params align_above_px: a camera shift"):
         served.predict(x_pair, params={"align_above_px": -1.0})
     with pytest.raises(Exception, match="params exact: .*trained without train.exact_input"):
         served.predict(x_pair, params={"exact": True})
@@ -129,10 +128,7 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
     run = TrainRun(params, {"train": params.model_dump(mode="json")}, None)
     ckpt = tmp_path / "checkpoint.pt"
     ckpt.write_bytes(b"checkpoint")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run.finish(model_pt, ckpt, params.mlflow)
-    assert not [w for w in caught if "type hint" in str(w.message)]  # a clean log for whoever registers it
+    run.finish(model_pt, ckpt, params.mlflow)
 
     served = mlflow.pyfunc.load_model(f"runs:/{run.run_id}/model")
     x = np.random.default_rng(1).random((2, 6, 64, 96), dtype=np.float32)
@@ -145,6 +141,20 @@ def test_registered_model_of_an_exact_pair_norm_model_reads_pairs_as_captures(ti
     assert abs(got_exact - exact).max() < 1e-4  # params={"exact": True} as `fgbg predict --exact`
     with pytest.raises(Exception, match="params exact with params align always"):
         served.predict(x, params={"exact": True, "align": "always"})
+
+
+def test_the_served_model_class_is_typed_so_mlflow_does_not_warn():
+    """MLflow warns about an untyped `predict` when the PythonModel class is defined (on import):
+    a fresh process imports fgbg.serving without that warning, so whoever registers has a clean log."""
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fgbg.serving\n"
+        "print(sum('type hint' in str(w.message) for w in caught))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "0"
 
 
 def _write_pair(folder: Path, bg: np.ndarray, fg_bg: np.ndarray) -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import math
+import numbers
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -74,8 +75,10 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
             if not isinstance(options[name], bool | np.bool_):
                 raise ValueError(f"params {name}: true or false, not {options[name]!r}")
         exact, above = options["exact"], options["align_above_px"]
-        if above is not None and not (isinstance(above, int | float) and math.isfinite(above) and above >= 0):
-            raise ValueError(f"params align_above_px: a camera shift ≥ 0 px at the model's input size, not {above!r}")
+        if above is not None:  # MLflow's schema casts; a direct call (unwrap_python_model) does not
+            if isinstance(above, bool | np.bool_) or not isinstance(above, numbers.Real) or not 0 <= above < math.inf:
+                raise ValueError(f"params align_above_px: a camera shift ≥ 0 (px at the model's input), not {above!r}")
+            above = float(above)
         align = align_mode(self.loaded, options["align"], exact, "the served model", flag="params ")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
