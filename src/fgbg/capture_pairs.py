@@ -462,16 +462,26 @@ def _shadow(alpha: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, di
 # ---------------------------------------------------------------- light
 
 
+def _frame_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of each pixel centre in frame units, −0.5 … 0.5: fields drawn at any pair size alike."""
+    return (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5
+
+
+def _soft_spot(yy: np.ndarray, xx: np.ndarray, cx: float, cy: float, radius: float) -> np.ndarray:
+    """A Gaussian bump (peak 1) of σ `radius` at (cx, cy), in frame units."""
+    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+
+
 def _light_field(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """A smooth gain field (≥ 0) for a light that changed unevenly: a ramp in a random direction
     (the sun or a lamp moved) plus one soft bright or dark patch (a cloud, a light switched), scaled
     so that its largest |log gain| is drawn from LIGHT_CHANGE."""
-    yy, xx = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5
+    yy, xx = _frame_grid(size)
     theta = rng.uniform(0.0, 2 * math.pi)
     ramp = (xx * math.cos(theta) + yy * math.sin(theta)) * rng.uniform(0.3, 1.0)
     cx, cy = rng.uniform(-0.5, 0.5, 2)
     radius = rng.uniform(0.15, 0.4)
-    patch = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2)) * rng.choice([-1.0, 1.0])
+    patch = _soft_spot(yy, xx, cx, cy, radius) * rng.choice([-1.0, 1.0])
     log_gain = ramp + patch
     log_gain -= log_gain.mean()  # an uneven change, not an exposure change (photometric has those)
     amount = rng.uniform(*LIGHT_CHANGE)
@@ -493,12 +503,12 @@ def _scene_motion(size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict
         [cv2.resize(rng.standard_normal((cells, cells)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
          for _ in range(2)], axis=-1,
     )  # fmt: skip
-    yy, xx = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size - 0.5
+    yy, xx = _frame_grid(size)
     region = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(1, 3))):
         cx, cy = rng.uniform(-0.5, 0.5, 2)
         radius = rng.uniform(0.1, 0.25)
-        bump = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * radius**2))
+        bump = _soft_spot(yy, xx, cx, cy, radius)
         region = np.maximum(region, np.clip((bump - 0.05) / 0.95, 0.0, 1.0))  # zero beyond ~2.4 radii
     flow *= region[..., None]
     amount = rng.uniform(*SCENE_MOTION_PX)

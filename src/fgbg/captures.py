@@ -80,7 +80,7 @@ def summarise(rows: list[dict]) -> dict:
         if by[check]:
             result[f"iou_{check}"] = float(np.mean(list(by[check].values())))
             result[f"alpha_sad_{check}"] = float(np.mean([r["alpha_sad"] for r in rows if r["check"] == check]))
-    for check in (*TRIPOD, "light", "motion", "handheld", "handheld_unaligned"):
+    for check in (c for c in CHECKS if c not in ("clean", "clean_exact")):  # every other shot vs clean
         paired = [by["clean"][n] - iou for n, iou in by[check].items() if n in by["clean"]]
         if paired:
             result[f"gap_{check}"] = float(np.mean(paired))
