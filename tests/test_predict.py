@@ -92,6 +92,28 @@ def test_no_refine_gives_the_networks_output_upsampled_and_says_so(trained, tmp_
     assert (masks[True] != masks[False]).any()
 
 
+def test_predict_matches_a_drifted_exposure_unless_told_not_to_and_says_so(trained, tmp_path):
+    """The fg_bg shot came out brighter and warmer than the bg: by default the bg takes its tone
+    before the network (fgbg.tone, tests/test_tone.py); `--no-match-tone` and `--exact` leave it."""
+    from typer.testing import CliRunner
+
+    from fgbg.cli import app
+
+    pair = _photo_pair("clean")
+    drifted = np.clip(pair.fg_bg * np.array([1.3, 1.2, 1.0]) + 8, 0, 255).astype(np.uint8)
+    bg, fg_bg = _write_pair(tmp_path, pair.bg, drifted)
+    for flag, matched in (("--match-tone", True), ("--no-match-tone", False)):
+        out = tmp_path / flag
+        done = CliRunner().invoke(app, ["predict", str(bg), str(fg_bg), "--model", str(trained.model), "--out",
+                                        str(out), "--device", "cpu", "--align", "never", flag])  # fmt: skip
+        assert done.exit_code == 0, done.output
+        record = json.loads((out / "shot.json").read_text())
+        assert record["match_tone"] is matched and record["tone_matched"] is matched
+        assert (record["tone_change"] > 20) if matched else record["tone_change"] is None
+    masks = [np.asarray(Image.open(tmp_path / flag / "shot_mask.png")) for flag in ("--match-tone", "--no-match-tone")]
+    assert not np.array_equal(*masks)  # the network was shown another bg
+
+
 def test_auto_aligns_only_beyond_the_tolerance_and_never_leaves_the_bg_alone():
     pair = _photo_pair("shift")  # a tripod nudge ≤ 1.5 px
     motion = _camera_motion_px(pair.true_matrix, 192)

@@ -19,6 +19,7 @@ from fgbg.config import EvaluateParams, MlflowParams, TrainParams
 from fgbg.evaluate import run_evaluate
 from fgbg.model import load_model
 from fgbg.predict import predict_tensors, run_predict
+from fgbg.tone import match_tone
 from fgbg.tracking import TrainRun, run_name
 
 
@@ -80,6 +81,25 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
         served.predict(x_pair, params={"align_above_px": -1.0})
     with pytest.raises(Exception, match="params exact: .*trained without train.exact_input"):
         served.predict(x_pair, params={"exact": True})
+    # params={"match_tone": False} as `--no-match-tone`: by default a bg whose exposure drifted from
+    # its fg_bg's takes the fg_bg's tone first (fgbg.tone), as `fgbg predict` does
+    clean = next(capture_pairs(real_photos()[:1], per_photo=1, size=192, seed=3, conditions=("clean",)))
+    drifted8 = np.clip(clean.fg_bg * 1.3 + 8, 0, 255).astype(np.uint8)
+    x_drift = np.concatenate([clean.bg, drifted8], 2).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    matched8, found = match_tone(clean.bg, drifted8)
+    assert found.applied
+    with torch.no_grad():
+        want_matched, want_plain = (
+            torch.cat(predict_tensors(loaded, torch.from_numpy(b.transpose(2, 0, 1)[None] / 255).float(),
+                                      torch.from_numpy(x_drift[:, 3:])), 1).numpy()
+            for b in (matched8, clean.bg)
+        )  # fmt: skip
+    never = {"align": "never"}
+    np.testing.assert_allclose(served.predict(x_drift, params=never), want_matched, atol=1e-4)
+    np.testing.assert_allclose(served.predict(x_drift, params={**never, "match_tone": False}), want_plain, atol=1e-4)
+    assert np.abs(want_matched - want_plain).max() > 1e-3
+    with pytest.raises(Exception, match="match_tone"):  # MLflow's schema, or ours on a direct call
+        served.predict(x_drift, params={"match_tone": "yes"})
     with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)
         mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "nodevice"})
     # what the network would misread is refused with the reason (MLflow's schema check: the shape)

@@ -5,7 +5,8 @@ unlike the training sprites, perturbations independent of the training augmentat
 pair goes through `fgbg predict`'s own path (predict_pair; align_bg for the handheld pairs), so
 the figures are what a user gets:
 
-- clean, shift, photometric, shadow, tripod, light, motion: the model alone, as shot (no alignment);
+- clean, shift, photometric, shadow, tripod, light, motion: as shot (no alignment), the bg's tone
+  matched to fg_bg's as `fgbg predict` does by default (fgbg.tone);
 - handheld: `fgbg predict`'s default `--align auto` (registered when beyond the trained range);
 - handheld_unaligned: the same pairs without alignment (what --align saves);
 - clean_exact, for a model trained with `train.exact_input` only: the clean pair predicted as
@@ -29,7 +30,7 @@ from fgbg.capture_pairs import CONDITIONS, CapturePair, capture_pairs, real_phot
 from fgbg.config import CapturesParams, MlflowParams, resolve_device
 from fgbg.images import contact_sheet
 from fgbg.model import LoadedModel, load_model
-from fgbg.predict import align_bg, predict_batch, trained_tolerance_px
+from fgbg.predict import AlignReport, align_bg, predict_batch, trained_tolerance_px
 from fgbg.tracking import record_results
 
 TRIPOD = ("shift", "photometric", "shadow", "tripod")
@@ -58,8 +59,8 @@ def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tole
             bg, report = align_bg(pair.bg, pair.fg_bg, mode, tolerance_px, loaded.input_size, pair.name, quiet)
             runs.append((check, pair, bg, report))
     predicted = predict_batch(loaded, [bg for _, _, bg, _ in runs], [pair.fg_bg for _, pair, _, _ in runs])
-    if loaded.params.exact_input:
-        clean = [run for run in runs if run[0] == "clean"]
+    if loaded.params.exact_input:  # as `fgbg predict --exact`: no alignment, no tone matching
+        clean = [(check, pair, pair.bg, AlignReport()) for check, pair, _, _ in runs if check == "clean"]
         runs += [("clean_exact", *run[1:]) for run in clean]
         predicted += predict_batch(loaded, [bg for _, _, bg, _ in clean], [p.fg_bg for _, p, _, _ in clean], exact=True)
     results = []

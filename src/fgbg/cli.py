@@ -257,6 +257,10 @@ REFINE_HELP = (
     "Bring mask and alpha to the photo's size along its own edges (guided filter); --no-refine: "
     "bilinear upsampling of the network's output."
 )
+MATCH_TONE_HELP = (
+    "Give the bg the fg_bg's exposure, gamma and white balance first (one robust curve per channel; "
+    "the subject does not pull it). Off with --exact."
+)
 
 
 @app.command()
@@ -272,12 +276,15 @@ def predict(
     onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
     exact: Annotated[bool, typer.Option(help=EXACT_HELP)] = False,
     refine: Annotated[bool, typer.Option(help=REFINE_HELP)] = True,
+    match_tone: Annotated[bool, typer.Option(help=MATCH_TONE_HELP)] = True,
 ) -> None:
     """Mask, alpha and depth for bg + fg_bg photos of any size (mask, alpha matte, 16-bit depth, colour
     depth, overlay, alignment; the object on a new background with --onto)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, exact, refine, log=_log)
+    written = run_predict(
+        model, bg, fg_bg, out, device, align, align_above_px, onto, exact, refine, match_tone, log=_log
+    )
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 

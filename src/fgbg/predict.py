@@ -2,7 +2,8 @@
 overlay; with `--onto`, the object lifted onto another background.
 
 Handheld pairs are registered first (fgbg.align) when the camera moved more than the model was
-trained to tolerate; the shift found is written next to the outputs (`<name>.json`).
+trained to tolerate, and every bg takes fg_bg's exposure and white balance (fgbg.tone); what was
+found is written next to the outputs (`<name>.json`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fgbg import tone
 from fgbg.align import estimate_alignment, is_misaligned, warp_bg
 from fgbg.config import ALIGN_MODES, resolve_device
 from fgbg.convention import unit_to_u16
@@ -146,6 +148,8 @@ class AlignReport:
     tolerance_at_model_px: float | None = None
     uncovered: float | None = None  # share of fg_bg the warped bg does not reach (filled from fg_bg)
     warning: str = ""
+    tone_matched: bool = False  # the bg's exposure and white balance brought to fg_bg's (fgbg.tone)
+    tone_change: float | None = None  # the largest level change of that curve (8-bit levels)
 
 
 def trained_tolerance_px(loaded: LoadedModel) -> float:
@@ -175,18 +179,39 @@ def align_mode(loaded: LoadedModel, align: str, exact: bool, model_name: str, fl
 
 
 def align_bg(
-    bg_img: np.ndarray, fg_bg_img: np.ndarray, mode: str, tolerance_px: float, input_size: int, names: str, log=print
-) -> tuple[np.ndarray, AlignReport]:
-    """Register the bg onto fg_bg's view when the camera moved more than `tolerance_px` at the
-    model's input scale (`auto`), always (`always`) or never (`never`).
+    bg_img: np.ndarray, fg_bg_img: np.ndarray, mode: str, tolerance_px: float, input_size: int, names: str, log=print,
+    match_tone: bool = True,
+) -> tuple[np.ndarray, AlignReport]:  # fmt: skip
+    """The bg brought to fg_bg's shot: registered onto its view when the camera moved more than
+    `tolerance_px` at the model's input scale (`auto`), always (`always`) or never (`never`), and
+    with `match_tone` matched to its exposure, gamma and white balance (fgbg.tone, fitted where the bg
+    saw the scene).
 
     A pair that cannot be registered is an error under `always` and a warning under `auto`
     (naming the files): the mask would otherwise mark the camera motion as object.
     """
     if mode not in ALIGN_MODES:
         raise ValueError(f"align: one of {', '.join(ALIGN_MODES)}, not {mode!r}")
-    if mode == "never":
-        return bg_img, AlignReport()
+    bg_img, valid, report = (
+        (bg_img, None, AlignReport())
+        if mode == "never"
+        else _register(bg_img, fg_bg_img, mode, tolerance_px, input_size, names, log)
+    )
+    if match_tone:
+        bg_img, found = tone.match_tone(bg_img, fg_bg_img, valid)
+        report.tone_matched, report.tone_change = found.applied, round(found.change, 2)
+    if valid is not None:
+        # Where the bg shot saw nothing, show the network fg_bg itself (no evidence of change)
+        # rather than smeared border pixels, which it reads as object: +0.08 IoU for a
+        # differencing model on handheld real-photo pairs (11 % of the frame uncovered).
+        bg_img = np.where(valid[..., None] > 0, bg_img, fg_bg_img)
+    return bg_img, report
+
+
+def _register(
+    bg_img: np.ndarray, fg_bg_img: np.ndarray, mode: str, tolerance_px: float, input_size: int, names: str, log
+) -> tuple[np.ndarray, np.ndarray | None, AlignReport]:
+    """align_bg's camera motion: (bg, the pixels the warped bg saw or None when not warped, report)."""
     found = estimate_alignment(bg_img, fg_bg_img)
     scale = min(network_size(*fg_bg_img.shape[:2], input_size)) / min(fg_bg_img.shape[:2])
     report = AlignReport(
@@ -201,32 +226,29 @@ def align_bg(
             raise ValueError(f"{message}; are they shots of the same scene?")
         report.warning = found.reason
         log(f"warning: {message}; predicted unaligned, camera motion may show up as object")
-        return bg_img, report
+        return bg_img, None, report
     if mode == "always" or is_misaligned(found, tolerance_px / scale):
         warped, valid = warp_bg(bg_img, found, fg_bg_img.shape)
-        # Where the bg shot saw nothing, show the network fg_bg itself (no evidence of change)
-        # rather than smeared border pixels, which it reads as object: +0.08 IoU for a
-        # differencing model on handheld real-photo pairs (11 % of the frame uncovered).
         valid = cv2.erode(valid, np.ones((3, 3), np.uint8))
-        warped = np.where(valid[..., None] > 0, warped, fg_bg_img)
         report.aligned = True
         report.uncovered = round(1.0 - float(np.count_nonzero(valid)) / valid.size, 4)
         log(f"{names}: bg aligned to the fg_bg (camera moved {report.shift_px} px, {report.rotation_deg}°)")
-        return warped, report
-    return bg_img, report
+        return warped, valid, report
+    return bg_img, None, report
 
 
 def run_predict(
     model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
     align_above_px: float | None = None, onto: Path | None = None, exact: bool = False, refine: bool = True,
-    log=print,
+    match_tone: bool = True, log=print,
 ) -> list[Path]:  # fmt: skip
     """Predict each pair; outputs (mask, alpha, 16-bit depth, colour depth, overlay, `<name>.json` with
     the alignment, and with `onto` the object on that background) at the photo's size.
     `align_above_px` (at the model's input size) overrides the trained tolerance that triggers
     alignment under `align="auto"`. `exact`: the pairs are identical outside the object (renders,
     screenshots), for a model trained with `train.exact_input`. `refine`: mask and alpha follow the
-    photo's edges at full size (fgbg.refine), else upsampled bilinearly."""
+    photo's edges at full size (fgbg.refine), else upsampled bilinearly. `match_tone`: the bg takes
+    fg_bg's exposure and white balance first (fgbg.tone; never for `exact` pairs)."""
     loaded = load_model(Path(model_path), resolve_device(device))
     align = align_mode(loaded, align, exact, str(model_path))
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
@@ -242,7 +264,9 @@ def run_predict(
         if (bh, bw) != (h, w):
             bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
         names = f"{bg_path}, {fg_bg_path}"
-        bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log)
+        bg_img, report = align_bg(
+            bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log, match_tone and not exact
+        )
         mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
@@ -260,7 +284,7 @@ def run_predict(
             written.append(path)
         path = Path(out_dir) / f"{stem}.json"
         record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, "refine": refine,
-                  **asdict(report)}  # fmt: skip
+                  "match_tone": match_tone and not exact, **asdict(report)}  # fmt: skip
         atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
         written.append(path)
     return written

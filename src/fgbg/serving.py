@@ -32,6 +32,7 @@ SERVING_PARAMS = {
     "align": ("string", "auto"),
     "align_above_px": ("double", None),
     "refine": ("boolean", True),
+    "match_tone": ("boolean", True),
 }
 
 # what fgbg.predict imports: the serving environment's pip requirements, pinned to this one's
@@ -62,7 +63,8 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
     and a handheld bg registered to its fg_bg first (`params={"align": "auto"}`, or always / never;
     a pair that cannot be registered is logged as a warning under auto, an error under always;
     `align_above_px` as `--align-above-px`), `params={"exact": True}` for pairs identical outside the
-    object, `params={"refine": False}` as `--no-refine`. Device: `model_config=
+    object, `params={"refine": False}` as `--no-refine`, `params={"match_tone": False}` as
+    `--no-match-tone`. Device: `model_config=
     {"device": "cpu"}` at load time, else the GPU when there is one (bf16 there, as `fgbg predict`)."""
 
     def load_context(self, context) -> None:
@@ -71,7 +73,7 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         options = {name: default for name, (_, default) in SERVING_PARAMS.items()} | (params or {})
-        for name in ("exact", "refine"):
+        for name in ("exact", "refine", "match_tone"):
             if not isinstance(options[name], bool | np.bool_):
                 raise ValueError(f"params {name}: true or false, not {options[name]!r}")
         exact, above = options["exact"], options["align_above_px"]
@@ -82,23 +84,26 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         align = align_mode(self.loaded, options["align"], exact, "the served model", flag="params ")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
-        if align != "never":
-            x = self._aligned(x, align, trained_tolerance_px(self.loaded) if above is None else above)
+        match_tone = options["match_tone"] and not exact
+        if align != "never" or match_tone:
+            x = self._aligned(x, align, trained_tolerance_px(self.loaded) if above is None else above, match_tone)
         device = next(self.loaded.net.parameters()).device
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
             outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:], exact, options["refine"])
         return torch.cat(outputs, 1).cpu().numpy()
 
-    def _aligned(self, x: np.ndarray, align: str, tolerance: float) -> np.ndarray:
+    def _aligned(self, x: np.ndarray, align: str, tolerance: float, match_tone: bool) -> np.ndarray:
         """x with each bg registered to its fg_bg where the camera moved beyond `tolerance` px at
-        the model's input size (fgbg.predict.align_bg on the 8-bit pair, as predict reads files);
-        other pairs stay as given."""
+        the model's input size and, with `match_tone`, given fg_bg's tone (fgbg.predict.align_bg on
+        the 8-bit pair, as predict reads files); other pairs stay as given."""
         out = None
         for i, pair in enumerate(x):
             bg, fg_bg = (np.rint(p.transpose(1, 2, 0) * 255).astype(np.uint8) for p in (pair[:3], pair[3:]))
-            warped, report = align_bg(bg, fg_bg, align, tolerance, self.loaded.input_size, f"pair {i}", _log_line)
-            if report.aligned:
+            warped, report = align_bg(
+                bg, fg_bg, align, tolerance, self.loaded.input_size, f"pair {i}", _log_line, match_tone
+            )
+            if report.aligned or report.tone_matched:
                 out = x.copy() if out is None else out  # never write into the caller's array
                 out[i, :3] = warped.transpose(2, 0, 1).astype(np.float32) / 255
         return x if out is None else out
