@@ -79,6 +79,28 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
     assert r["gap_motion"] > 0.01  # and leaves or water that moved on their own (≤ 1–4 px, in part of the frame)
 
 
+def test_tone_matching_undoes_an_exposure_change_and_leaves_every_other_pair_as_shot(tmp_path, monkeypatch):
+    """`captures.match_tone` (default, as `fgbg predict`): a differencing model sees a drifted
+    exposure as object unless the bg takes the fg_bg's tone first; pairs without one are untouched."""
+    import fgbg.captures as captures
+
+    monkeypatch.setattr(captures, "load_model", lambda path, device: differencing_model())
+    r = {
+        match: run_check_captures(
+            CapturesParams(per_photo=2, size=128, match_tone=match),
+            tmp_path / "model.pt",
+            tmp_path / str(match),
+            "cpu",
+            log=lambda _: None,
+        )  # fmt: skip
+        for match in (True, False)
+    }
+    assert r[False]["gap_photometric"] > 0.4 and r[True]["gap_photometric"] < 0.5 * r[False]["gap_photometric"]
+    assert r[True]["gap_handheld"] < 0.5 * r[False]["gap_handheld"]  # the handheld shots drift in exposure too
+    for same in ("iou_clean", "iou_shift", "iou_shadow", "iou_motion"):
+        assert r[True][same] == r[False][same]
+
+
 class ExactOnly(Differencing):
     """Differences the shots when told the pair is exact, marks nothing when told it is a capture."""
 

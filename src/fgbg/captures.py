@@ -6,7 +6,7 @@ pair goes through `fgbg predict`'s own path (predict_pair; align_bg for the hand
 the figures are what a user gets:
 
 - clean, shift, photometric, shadow, tripod, light, motion: as shot (no alignment), the bg's tone
-  matched to fg_bg's as `fgbg predict` does by default (fgbg.tone);
+  matched to fg_bg's as `fgbg predict` does by default (fgbg.tone; `captures.match_tone`);
 - handheld: `fgbg predict`'s default `--align auto` (registered when beyond the trained range);
 - handheld_unaligned: the same pairs without alignment (what --align saves);
 - clean_exact, for a model trained with `train.exact_input` only: the clean pair predicted as
@@ -45,10 +45,12 @@ def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(p & t) / union
 
 
-def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tolerance_px: float) -> list[tuple]:
+def check_object(
+    loaded: LoadedModel, pairs: list[CapturePair], align: str, tolerance_px: float, match_tone: bool = True
+) -> list[tuple]:
     """(check, pair, predicted mask, record) for every condition of one composite, predicted in
     one batch; the handheld pair twice (aligned as `fgbg predict` does, and as shot); the clean
-    pair told exact too when the model reads that."""
+    pair told exact too when the model reads that. `match_tone` as `fgbg predict --match-tone`."""
     runs = []
     for pair in pairs:
         modes = [(pair.condition, "never")]
@@ -56,7 +58,9 @@ def check_object(loaded: LoadedModel, pairs: list[CapturePair], align: str, tole
             modes = [("handheld", align), ("handheld_unaligned", "never")]
         for check, mode in modes:
             quiet = lambda _: None  # noqa: E731 (the warning is kept in the record)
-            bg, report = align_bg(pair.bg, pair.fg_bg, mode, tolerance_px, loaded.input_size, pair.name, quiet)
+            bg, report = align_bg(
+                pair.bg, pair.fg_bg, mode, tolerance_px, loaded.input_size, pair.name, quiet, match_tone
+            )
             runs.append((check, pair, bg, report))
     predicted = predict_batch(loaded, [bg for _, _, bg, _ in runs], [pair.fg_bg for _, pair, _, _ in runs])
     if loaded.params.exact_input:  # as `fgbg predict --exact`: no alignment, no tone matching
@@ -109,7 +113,9 @@ def run_check_captures(
     rows, worst = [], {}
     pairs = capture_pairs(real_photos(), per_photo=params.per_photo, size=params.size, seed=params.seed)
     for _, same_object in itertools.groupby(pairs, key=lambda pair: pair.name):
-        for check, pair, pred, record in check_object(loaded, list(same_object), params.align, tolerance):
+        for check, pair, pred, record in check_object(
+            loaded, list(same_object), params.align, tolerance, params.match_tone
+        ):
             rows.append(record)
             if check not in worst or record["iou"] < worst[check][0]:
                 worst[check] = (record["iou"], pair, pred)

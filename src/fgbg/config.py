@@ -318,6 +318,7 @@ class CapturesParams(_Section):
     per_photo: int = Field(16, ge=1)  # objects per photo (3 photos), each in every condition
     size: int = Field(192, ge=64)  # pair side (px); a multiple of 32
     align: AlignMode = "auto"  # handheld pairs, as `fgbg predict --align`
+    match_tone: bool = True  # every pair's bg given fg_bg's tone first, as `fgbg predict --match-tone`
 
     @model_validator(mode="after")
     def _multiple_of_32(self) -> CapturesParams:
