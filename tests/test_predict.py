@@ -110,8 +110,12 @@ def test_predict_matches_a_drifted_exposure_unless_told_not_to_and_says_so(train
         record = json.loads((out / "shot.json").read_text())
         assert record["match_tone"] is matched and record["tone_matched"] is matched
         assert (record["tone_change"] > 20) if matched else record["tone_change"] is None
+        assert record["tone_skipped"] == ""
     masks = [np.asarray(Image.open(tmp_path / flag / "shot_mask.png")) for flag in ("--match-tone", "--no-match-tone")]
     assert not np.array_equal(*masks)  # the network was shown another bg
+    run_predict(trained.model, bg, bg, tmp_path / "same", "cpu", "never")  # nothing to match: says so
+    record = json.loads((tmp_path / "same" / "shot.json").read_text())
+    assert not record["tone_matched"] and "already match" in record["tone_skipped"]
 
 
 def test_auto_aligns_only_beyond_the_tolerance_and_never_leaves_the_bg_alone():

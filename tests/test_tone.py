@@ -69,6 +69,19 @@ def test_a_camera_nudge_alone_is_not_read_as_an_exposure_change():
         assert matched is pair.bg and not found.applied, (pair.name, found)
 
 
+def test_a_subject_filling_most_of_the_frame_leaves_the_bg_as_shot(photos):
+    """Beyond the robust fit's breakdown (the subject on 60 % of the frame) no curve is trusted: the
+    bg stays as shot rather than taking a curve fitted to the subject; at 40 % the fit still holds."""
+    for share, trusted in ((0.4, True), (0.6, False)):
+        side = int(320 * share**0.5)
+        for i, bg in enumerate(photos):
+            truth = _shot(bg)
+            fg_bg = truth.copy()
+            fg_bg[:side, :side] = photos[(i + 1) % 3][:side, :side]  # a textured subject
+            matched, found = match_tone(bg, fg_bg)
+            assert found.applied is trusted and (matched is not bg) is trusted, (share, i, found)
+
+
 def test_another_scene_is_left_as_shot_with_the_reason(photos):
     china, flower, _ = photos
     matched, found = match_tone(china, flower)

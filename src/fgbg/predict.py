@@ -150,6 +150,7 @@ class AlignReport:
     warning: str = ""
     tone_matched: bool = False  # the bg's exposure and white balance brought to fg_bg's (fgbg.tone)
     tone_change: float | None = None  # the largest level change of that curve (8-bit levels)
+    tone_skipped: str = ""  # why a curve was found but not applied (the shots already match, ...)
 
 
 def trained_tolerance_px(loaded: LoadedModel) -> float:
@@ -199,7 +200,11 @@ def align_bg(
     )
     if match_tone:
         bg_img, found = tone.match_tone(bg_img, fg_bg_img, valid)
-        report.tone_matched, report.tone_change = found.applied, round(found.change, 2)
+        report.tone_matched, report.tone_change, report.tone_skipped = (
+            found.applied,
+            round(found.change, 2),
+            found.reason,
+        )
     if valid is not None:
         # Where the bg shot saw nothing, show the network fg_bg itself (no evidence of change)
         # rather than smeared border pixels, which it reads as object: +0.08 IoU for a
