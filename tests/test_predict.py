@@ -94,7 +94,8 @@ def test_no_refine_gives_the_networks_output_upsampled_and_says_so(trained, tmp_
 
 def test_predict_matches_a_drifted_exposure_unless_told_not_to_and_says_so(trained, tmp_path):
     """The fg_bg shot came out brighter and warmer than the bg: by default the bg takes its tone
-    before the network (fgbg.tone, tests/test_tone.py); `--no-match-tone` and `--exact` leave it."""
+    before the network (fgbg.tone, tests/test_tone.py); `--no-match-tone` leaves it (and `--exact`,
+    in the exact-norms test below)."""
     from typer.testing import CliRunner
 
     from fgbg.cli import app
@@ -169,7 +170,8 @@ def test_exact_predicts_with_the_exact_norms_and_only_when_asked(tiny_stats, tmp
         depth[exact] = np.asarray(Image.open(tmp_path / f"out{exact}" / "shot_depth.png"))
         assert json.loads((tmp_path / f"out{exact}" / "shot.json").read_text())["exact"] is exact
     assert not np.array_equal(depth[False], depth[True])
-    assert json.loads((tmp_path / "outTrue" / "shot.json").read_text())["align"] == "never"
+    exact_record = json.loads((tmp_path / "outTrue" / "shot.json").read_text())
+    assert exact_record["align"] == "never" and exact_record["match_tone"] is False
     with pytest.raises(ValueError, match="--exact with --align always"):
         run_predict(model_pt, bg, fg_bg, tmp_path / "out", "cpu", "always", exact=True)
 

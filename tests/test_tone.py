@@ -41,6 +41,18 @@ def test_a_drifted_exposure_and_white_balance_is_matched_outside_the_object(phot
         assert matched.dtype == np.uint8 and matched.shape == bg.shape
 
 
+def test_a_uniform_offset_is_matched_even_on_a_plain_backdrop(photos):
+    """A black-level shift moves every pixel by the same amount: no pixel may look like an outlier
+    of the identity (the fit starts from the median difference), even where the scene is plain."""
+    yy, xx = np.mgrid[0:192, 0:288]
+    backdrop = np.stack([60 + yy // 4, 90 + xx // 8, 120 + 0 * xx], -1).astype(np.uint8)
+    for bg in (backdrop, photos[1][:192, :288]):
+        for offset in (25, 40):
+            fg_bg = np.clip(bg.astype(int) + offset, 0, 255).astype(np.uint8)
+            matched, found = match_tone(bg, fg_bg)
+            assert found.applied and np.abs(matched.astype(int) - fg_bg).mean() < 1.0, (offset, found)
+
+
 def test_the_object_does_not_pull_the_curve(photos):
     for bg in photos:
         truth = _shot(bg)
@@ -103,8 +115,18 @@ def test_only_the_pixels_the_bg_saw_are_fitted(photos):
     assert seen.applied and np.abs(matched.astype(int) - truth)[:, 190:].mean() < 2.5
 
 
-def test_align_bg_matches_the_tone_after_warping_and_fills_the_uncovered_part_from_fg_bg(photos):
+def test_align_bg_matches_the_tone_after_warping_and_fills_the_uncovered_part_from_fg_bg(photos, monkeypatch):
+    from fgbg import tone
     from fgbg.capture_pairs import capture_pairs
+
+    fitted_on = []
+    real_match = tone.match_tone
+
+    def spy(bg, fg_bg, valid=None):
+        fitted_on.append(valid)
+        return real_match(bg, fg_bg, valid)
+
+    monkeypatch.setattr(tone, "match_tone", spy)
 
     pair = next(capture_pairs(real_photos()[:1], per_photo=1, size=192, seed=3, conditions=("handheld",)))
     fg_bg = _shot(pair.fg_bg)  # the handheld shot also drifted in exposure
@@ -116,3 +138,5 @@ def test_align_bg_matches_the_tone_after_warping_and_fills_the_uncovered_part_fr
     assert np.abs(warped.astype(int) - fg_bg)[outside].mean() < 0.5 * np.abs(plain.astype(int) - fg_bg)[outside].mean()
     uncovered = (plain == fg_bg).all(-1) & (pair.mask == 0)
     assert uncovered.any() and (warped[uncovered] == fg_bg[uncovered]).all()  # filled after, not tone-mapped
+    valid = fitted_on[0]  # the curve was fitted only where the warped bg saw the scene
+    assert valid is not None and (valid[uncovered] == 0).all() and (valid > 0).mean() > 0.8

@@ -35,7 +35,7 @@ from fgbg.tracking import record_results
 
 TRIPOD = ("shift", "photometric", "shadow", "tripod")
 CHECKS = (*CONDITIONS, "handheld_unaligned", "clean_exact")
-SAMPLE_FIELDS = ("name", "check", "iou", "alpha_sad", "alpha_mse", "aligned", "shift_px", "warning")
+SAMPLE_FIELDS = ("name", "check", "iou", "alpha_sad", "alpha_mse", "aligned", "shift_px", "warning", "tone_matched")
 
 
 def mask_iou(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -72,7 +72,8 @@ def check_object(
         error = alpha / 255.0 - pair.alpha  # against the matte the object was pasted with
         record = {"name": pair.name, "check": check, "iou": mask_iou(mask, pair.mask),
                   "alpha_sad": float(np.abs(error).sum() / 1000), "alpha_mse": float(np.square(error).mean()),
-                  "aligned": report.aligned, "shift_px": report.shift_px, "warning": report.warning}  # fmt: skip
+                  "aligned": report.aligned, "shift_px": report.shift_px, "warning": report.warning,
+                  "tone_matched": report.tone_matched}  # fmt: skip
         results.append((check, pair, mask, record))
     return results
 

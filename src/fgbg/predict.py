@@ -200,11 +200,9 @@ def align_bg(
     )
     if match_tone:
         bg_img, found = tone.match_tone(bg_img, fg_bg_img, valid)
-        report.tone_matched, report.tone_change, report.tone_skipped = (
-            found.applied,
-            round(found.change, 2),
-            found.reason,
-        )
+        report.tone_matched = found.applied
+        report.tone_change = round(found.change, 2)
+        report.tone_skipped = found.reason
     if valid is not None:
         # Where the bg shot saw nothing, show the network fg_bg itself (no evidence of change)
         # rather than smeared border pixels, which it reads as object: +0.08 IoU for a
@@ -256,6 +254,7 @@ def run_predict(
     fg_bg's exposure and white balance first (fgbg.tone; never for `exact` pairs)."""
     loaded = load_model(Path(model_path), resolve_device(device))
     align = align_mode(loaded, align, exact, str(model_path))
+    match_tone = match_tone and not exact  # an exact pair has no exposure change, and must stay exact
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
     new_bg = None if onto is None else load_raw_image(Path(onto), **PHOTO_LIMITS).pixels[..., :3]
     written = []
@@ -269,9 +268,7 @@ def run_predict(
         if (bh, bw) != (h, w):
             bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
         names = f"{bg_path}, {fg_bg_path}"
-        bg_img, report = align_bg(
-            bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log, match_tone and not exact
-        )
+        bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log, match_tone)
         mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
         overlay = fg_bg_img.copy()
         tint = np.array([255, 40, 40], np.float32)
@@ -289,7 +286,7 @@ def run_predict(
             written.append(path)
         path = Path(out_dir) / f"{stem}.json"
         record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, "refine": refine,
-                  "match_tone": match_tone and not exact, **asdict(report)}  # fmt: skip
+                  "match_tone": match_tone, **asdict(report)}  # fmt: skip
         atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
         written.append(path)
     return written

@@ -86,14 +86,14 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         check_photos(x)
         match_tone = options["match_tone"] and not exact
         if align != "never" or match_tone:
-            x = self._aligned(x, align, trained_tolerance_px(self.loaded) if above is None else above, match_tone)
+            x = self._prepared(x, align, trained_tolerance_px(self.loaded) if above is None else above, match_tone)
         device = next(self.loaded.net.parameters()).device
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
             outputs = predict_tensors(self.loaded, t[:, :3], t[:, 3:], exact, options["refine"])
         return torch.cat(outputs, 1).cpu().numpy()
 
-    def _aligned(self, x: np.ndarray, align: str, tolerance: float, match_tone: bool) -> np.ndarray:
+    def _prepared(self, x: np.ndarray, align: str, tolerance: float, match_tone: bool) -> np.ndarray:
         """x with each bg registered to its fg_bg where the camera moved beyond `tolerance` px at
         the model's input size and, with `match_tone`, given fg_bg's tone (fgbg.predict.align_bg on
         the 8-bit pair, as predict reads files); other pairs stay as given."""

@@ -36,6 +36,7 @@ class ToneMatch:
     coefficients: np.ndarray
     change: float  # the largest |curve(x) − x| over the levels, in 8-bit levels
     inliers: float  # the least share, over the channels, of fitted pixels within INLIER_LEVELS of the curve
+    # (`change` counts only the levels between the bg's 1st and 99th percentile)
     applied: bool
     reason: str = ""  # why a curve was not applied, when it was not
 
@@ -43,6 +44,9 @@ class ToneMatch:
 def fit_tone(bg: np.ndarray, fg_bg: np.ndarray, valid: np.ndarray | None = None) -> ToneMatch:
     """Curves mapping bg's levels onto fg_bg's (both H×W×3 uint8, the same view), fitted on the
     pixels where `valid` (H×W uint8, 255 where the bg saw the scene; None: everywhere)."""
+    for name, img in (("bg", bg), ("fg_bg", fg_bg)):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"tone matching takes 8-bit RGB photos; {name} is {img.dtype} {img.shape}")
     b = _fit_pixels(bg)
     f = _fit_pixels(fg_bg)
     if valid is not None:
@@ -50,12 +54,15 @@ def fit_tone(bg: np.ndarray, fg_bg: np.ndarray, valid: np.ndarray | None = None)
         b, f = b[seen], f[seen]
     if len(b) < 16:
         return ToneMatch(np.tile([0.0, 1.0, 0.0], (3, 1)), 0.0, 0.0, False, "too little of the frame overlaps")
-    coefficients, inliers = zip(*(_fit_channel(b[:, c], f[:, c]) for c in range(3)), strict=True)
-    coefficients = np.array(coefficients)
-    levels = np.linspace(0.0, 1.0, 256)
-    change = float(np.abs(_curves(coefficients, levels) - levels[:, None]).max() * 255)
-    share = float(min(inliers))
-    unchanged = float(min(_explained(b[:, c], f[:, c]) for c in range(3)))
+    coefficients = np.array([_fit_channel(b[:, c], f[:, c]) for c in range(3)])
+    curves = _curves(coefficients, np.linspace(0.0, 1.0, 256))  # (256, 3): what would be applied
+    present = np.arange(256)[:, None]
+    low, high = np.percentile(b, [1, 99], axis=0) * 255
+    in_photo = (present >= np.floor(low)) & (present <= np.ceil(high))  # the levels the bg holds
+    change = float((np.abs(curves * 255 - present) * in_photo).max())
+    predicted = np.take_along_axis(curves, np.rint(b * 255).astype(np.intp), 0)
+    share = min(_explained(predicted[:, c], f[:, c]) for c in range(3))
+    unchanged = min(_explained(b[:, c], f[:, c]) for c in range(3))
     reason = ""
     if change < MIN_CHANGE:
         reason = "the shots already match"
@@ -73,7 +80,7 @@ def match_tone(bg: np.ndarray, fg_bg: np.ndarray, valid: np.ndarray | None = Non
     found = fit_tone(bg, fg_bg, valid)
     if not found.applied:
         return bg, found
-    lut = np.round(_curves(found.coefficients, np.linspace(0.0, 1.0, 256)) * 255).astype(np.uint8)
+    lut = np.rint(_curves(found.coefficients, np.linspace(0.0, 1.0, 256)) * 255).astype(np.uint8)
     return cv2.LUT(np.ascontiguousarray(bg), lut.reshape(256, 1, 3)), found
 
 
@@ -83,19 +90,22 @@ def _fit_pixels(img: np.ndarray) -> np.ndarray:
     return small.reshape(-1, 3).astype(np.float64) / 255
 
 
-def _fit_channel(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """(c0, c1, c2) with y ≈ c0 + c1·x + c2·x² by Tukey-weighted least squares from the identity,
-    and the share of the pixels within INLIER_LEVELS of it."""
+def _fit_channel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(c0, c1, c2) with y ≈ c0 + c1·x + c2·x² by Tukey-weighted least squares, from the identity
+    shifted by the median difference (a uniform offset is then no outlier)."""
     design = np.stack([np.ones_like(x), x, x * x], 1)
-    coefficients = np.array([0.0, 1.0, 0.0])
+    coefficients = np.array([float(np.median(y - x)), 1.0, 0.0])
     for _ in range(ITERATIONS):
         residual = y - design @ coefficients
-        scale = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 2.0 / 255)
-        u = residual / (TUKEY * scale)
+        centre = float(np.median(residual))
+        scale = max(1.4826 * float(np.median(np.abs(residual - centre))), 2.0 / 255)
+        u = (residual - centre) / (TUKEY * scale)
         weights = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        if np.count_nonzero(weights) < 3:
+            break  # nothing left to fit: keep the last curve
         root = np.sqrt(weights)
         coefficients = np.linalg.lstsq(design * root[:, None], y * root, rcond=None)[0]
-    return coefficients, _explained(design @ coefficients, y)
+    return coefficients
 
 
 def _explained(predicted: np.ndarray, y: np.ndarray) -> float:
