@@ -117,3 +117,31 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
     assert "train: 1 epochs" in res.stderr
     rngs = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["flip"], rngs[1]["flip"])  # each rank resumes its own
+
+
+def test_full_size_epochs_train_the_last_epochs_at_the_datas_size_and_save_that_model(tiny_data, tmp_path, monkeypatch):
+    """Progressive resizing: epoch 1 at image_size, epoch 2 at the data's 64 px; the saved model is
+    the full-size epoch's (its val loss is not compared with the small epoch's) and reads at 64."""
+    import fgbg.train as train
+    from fgbg.model import load_model
+
+    sizes, real_to_device, real_evaluate = [], train.to_device, train.evaluate_split
+
+    def recording_to_device(raw, bgs, device, size=0, *args, **kw):
+        sizes.append(size)
+        return real_to_device(raw, bgs, device, size, *args, **kw)
+
+    def worse_at_full_size(*args, **kw):
+        val = real_evaluate(*args, **kw)
+        return val | {"loss": val["loss"] + (100.0 if args[6] == 0 else 0.0)}  # a full-size loss never "better"
+
+    monkeypatch.setattr(train, "to_device", recording_to_device)
+    monkeypatch.setattr(train, "evaluate_split", worse_at_full_size)
+    params = tiny_train_params(tmp_path, epochs=2, full_size_epochs=1)
+    result = train_tiny(params, tiny_data, tmp_path / "models")
+    assert sizes == [32, 32, 0, 0]  # 2 steps per epoch
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    loaded = load_model(tmp_path / "models" / "model.pt", torch.device("cpu"))
+    assert (loaded.epoch, loaded.input_size) == (2, 64)
+    with pytest.raises(ValueError, match="full_size_epochs"):
+        tiny_train_params(tmp_path, epochs=2, full_size_epochs=3)

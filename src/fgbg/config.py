@@ -276,6 +276,7 @@ class TrainParams(_Section):
     decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
     image_size: int = Field(0, ge=0)  # train/eval at this side (0 = the data's own size)
     epochs: int = Field(3, ge=1)
+    full_size_epochs: int = Field(0, ge=0)  # the last N epochs at the data's own size (progressive resizing)
     steps_per_epoch: int = Field(0, ge=0)  # 0 = the whole train split each epoch
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -293,10 +294,17 @@ class TrainParams(_Section):
     compile: bool = False
     mlflow: MlflowParams = MlflowParams()
 
+    def size_at(self, epoch: int) -> int:
+        """The side epoch `epoch` (1-based) trains and validates at: `image_size`, then the data's
+        own (0) for the last `full_size_epochs`, which the saved model then reads at."""
+        return 0 if epoch > self.epochs - self.full_size_epochs else self.image_size
+
     @model_validator(mode="after")
     def _decoder_depth(self) -> TrainParams:
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError("decoder_channels needs 5 positive sizes (one per U-Net stage)")
+        if self.full_size_epochs > self.epochs:
+            raise ValueError(f"full_size_epochs ({self.full_size_epochs}) is more than epochs ({self.epochs})")
         if self.exact_input and not (self.augment.enabled and 0 < self.augment.clean < 1):
             raise ValueError(
                 "train.exact_input needs both kinds of pair to learn from: train.augment on, with 0 < clean < 1"

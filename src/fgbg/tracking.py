@@ -80,6 +80,7 @@ def run_name(params: TrainParams, commit: str) -> str:
         return experiment
     steps = params.steps_per_epoch or "all"
     size = f"{params.image_size}px" if params.image_size else "full"
+    size += f"+{params.full_size_epochs}full" if params.full_size_epochs and params.image_size else ""
     return f"{params.encoder}-{size}-{params.epochs}x{steps}" + (f"-{commit[:7]}" if commit else "")
 
 

@@ -84,7 +84,6 @@ def run_train(
     model = MaskDepthNet(unet, Normaliser.from_stats(stats_path)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    input_size = params.image_size or bgs.shape[-1]
     # full batches only (one shape per step: no recompiles under torch.compile); the loader starts
     # over if a process's workers run out first, so every DDP rank takes the same number of steps
     steps = max(1, len(train_set) // (params.batch_size * world))
@@ -145,13 +144,16 @@ def run_train(
         if stale >= params.patience:
             break
         train_set.epoch = epoch
+        size = params.size_at(epoch)
+        if epoch > 1 and size != params.size_at(epoch - 1):  # val losses at two sizes do not compare:
+            best, stale = math.inf, 0  # the best weights are chosen among the full-size epochs
         model.train()
         loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
         bar = tqdm(
             total=steps, desc=f"epoch {epoch}/{params.epochs}", unit="step", dynamic_ncols=True, disable=not lead
         )
         for step, raw in zip(range(steps), _batches(train_set, params, device), strict=False):
-            batch = to_device(raw, bgs, device, params.image_size, flip_rng if params.augment_flip else None)
+            batch = to_device(raw, bgs, device, size, flip_rng if params.augment_flip else None)
             batch = augment(batch, progress=((epoch - 1) * steps + step) / (params.epochs * steps))
             out = infer(net, batch.bg, batch.fg_bg, batch.exactness())
             loss, _ = total_loss(out, batch, params.loss)
@@ -166,7 +168,7 @@ def run_train(
         bar.close()
         if lead:
             val = evaluate_split(  # the bare model: no DDP collectives
-                model, val_set, bgs, device, params.batch_size, params.workers, params.image_size, params.loss
+                model, val_set, bgs, device, params.batch_size, params.workers, size, params.loss
             )
             row = {"epoch": epoch, "train_loss": float(loss_sum) / steps, "val_loss": val["loss"],
                    "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
@@ -177,7 +179,7 @@ def run_train(
             tracker.epoch(row, val["sheet"])
             if val["loss"] < best:
                 best, stale = val["loss"], 0
-                save_model(out_dir / "model.pt", model, params, epoch, input_size)
+                save_model(out_dir / "model.pt", model, params, epoch, size or bgs.shape[-1])
             else:
                 stale += 1
         rngs = _gather_rng_states(flip_rng, augment, world)  # every rank's, so a DDP resume is exact too
