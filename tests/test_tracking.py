@@ -131,6 +131,8 @@ def test_run_names_follow_the_dvc_experiment_else_the_setup(monkeypatch):
     params = TrainParams(encoder="resnet34", image_size=192, epochs=5, steps_per_epoch=0)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     assert run_name(params, "0123456789abcdef") == "resnet34-192px-5xall-0123456"
+    progressive = params.model_copy(update={"image_size": 128, "full_size_epochs": 1})
+    assert run_name(progressive, "") == "resnet34-128px+1full-5xall"  # told apart from 128 px throughout
     monkeypatch.setenv("DVC_EXP_NAME", "lr-sweep-3")
     assert run_name(params, "0123456789abcdef") == "lr-sweep-3"
 
