@@ -172,7 +172,7 @@ def stats(
     depth_dir: Annotated[Path, typer.Option("--depth")] = DEPTH,
     out: Path = STATS,
 ) -> None:
-    """Mean/std per channel of bg, fg_bg, mask and depth over the train split → stats.json."""
+    """Mean/std per channel of bg, fg_bg, mask, alpha and depth over the train split → stats.json."""
     from fgbg.stats import run_stats
 
     result = run_stats(_params(params).stats, prepared, composites, depth_dir, out)
