@@ -2,6 +2,7 @@
 
     python benchmarks/train.py --data /tmp/bench --steps 10 --batch-size 16          # CPU, quick
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment  # + capture augmentation
+    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --image-size 128  # as cpu-quality
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input --exact-convs
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
+    ap.add_argument("--image-size", type=int, default=0, help="train.image_size: shrink, then perturb (0: the data's)")
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
     ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
@@ -84,7 +86,7 @@ def main() -> None:
 
     train_set = ShardSamples(args.data / "composites", args.data / "depth", "train", shuffle=True, verify=False)
     bgs = bg_table(args.data / "prepared", device)
-    size = bgs.shape[-1]
+    size = args.image_size or bgs.shape[-1]
 
     def synthetic():
         b = args.batch_size
@@ -96,7 +98,7 @@ def main() -> None:
     def from_shards():
         while True:
             for raw in make_loader(train_set, args.batch_size, args.workers, device):
-                yield to_device(raw, bgs, device, 0, None)
+                yield to_device(raw, bgs, device, size, None)  # shrunk as train does, before any perturbation
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     exact = " + exact-pair norms" + (" and convs" if args.exact_convs else "") if args.exact_input else ""
