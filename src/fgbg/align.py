@@ -2,7 +2,7 @@
 
 Handheld, the camera moves tens of pixels and turns a few degrees between the two shots; the
 network compares the shots pixel by pixel, so the bg must first be warped onto the fg_bg's view
-(DESIGN.md §9; Background Matting v1 does the same with a feature homography). Two steps, on gray
+(README "Real captures"; Background Matting v1 does the same with a feature homography). Two steps, on gray
 copies whose longer side is at most `max_side`:
 
 1. coarse: SIFT features, Lowe's ratio test, RANSAC similarity (estimateAffinePartial2D). The

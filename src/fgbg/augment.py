@@ -1,7 +1,7 @@
 """Capture augmentation: make training pairs differ the way a real empty plate and a real shot differ.
 
 Composites share every pixel of the bg outside the object, so a model trained on them calls any
-difference "object": a 1 px camera shift, an exposure change, a shadow (DESIGN.md §9). This module
+difference "object": a 1 px camera shift, an exposure change, a shadow (README "Real captures"). This module
 perturbs a training `Batch` on the device (BackgroundMattingV2, BSUV-Net 2.0):
 
 - shadow (fg_bg): the object's mask, squashed/sheared about its bottom and offset, blurred, darkens

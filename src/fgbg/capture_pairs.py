@@ -1,6 +1,6 @@
 """Real-photo capture pairs (bg, fg_bg, mask) under the imperfect conditions of real shooting.
 
-The model is trained on renders; this builds the check on real photographs (DESIGN.md §9): each
+The model is trained on renders; this builds the check on real photographs (README "Real captures"): each
 scene is a photo shipped inside an installed package, each subject a procedural object unlike the
 training sprites (random star/blob outlines with feathered alpha, textured with a crop of another
 photo or a colour gradient) or a user's RGBA cut-out. For every object, all conditions start from

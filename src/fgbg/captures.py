@@ -1,4 +1,4 @@
-"""`fgbg check-captures`: the model on real photos shot the way people shoot them (DESIGN.md §9).
+"""`fgbg check-captures`: the model on real photos shot the way people shoot them (README "Real captures").
 
 Pairs come from fgbg.capture_pairs (photos shipped inside scikit-learn and matplotlib, objects
 unlike the training sprites, perturbations independent of the training augmentation). Every

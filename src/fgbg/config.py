@@ -254,7 +254,7 @@ class AnnealParams(_Section):
 
 class AugmentParams(_Section):
     """Capture augmentation on the device: train on pairs that differ like real bg / fg_bg shots do
-    (DESIGN.md §9), so camera shift, exposure, noise and shadows are not read as object."""
+    (README "Real captures"), so camera shift, exposure, noise and shadows are not read as object."""
 
     enabled: bool = True
     clean: float = Field(0.0, ge=0.0, le=1.0)  # fraction of pairs left exactly as composed (the tripod ideal)
@@ -320,7 +320,7 @@ class EvaluateParams(_Section):
 
 
 class CapturesParams(_Section):
-    """`fgbg check-captures`: real-photo pairs under real shooting conditions (DESIGN.md §9)."""
+    """`fgbg check-captures`: real-photo pairs under real shooting conditions (README "Real captures")."""
 
     seed: int = 0
     per_photo: int = Field(16, ge=1)  # objects per photo (3 photos), each in every condition

@@ -93,7 +93,7 @@ def run_train(
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.lr, total_steps=params.epochs * steps)
     flip_rng = torch.Generator().manual_seed(params.seed + rank)
-    augment = CaptureAugment(params.augment, params.seed, rank)  # real-capture differences (DESIGN.md §9)
+    augment = CaptureAugment(params.augment, params.seed, rank)  # real-capture differences (README "Real captures")
     history: list[dict] = []
     start_epoch, best, stale, run_id = 1, math.inf, 0, None
     ckpt_path = out_dir / CHECKPOINT
