@@ -5,12 +5,16 @@
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --image-size 128  # as cpu-quality
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
+    python benchmarks/train.py --data data --encoder resnet18 --steps 32 --augment --exact-input --clean-by batch
     python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input --exact-convs
     python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
 
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
 Both loops run the same step (forward, loss, backward, AdamW; bf16 + channels_last on CUDA); the
-ratio says how much of the ceiling the data pipeline lets through. Figures only.
+ratio says how much of the ceiling the data pipeline lets through. With --augment, the cost of the
+capture augmentation twice: a third loop after the first two, and both loops interleaved in
+alternating rounds on one loader (the figure to read: the machine's drift falls on both sides).
+Figures only.
 """
 
 from __future__ import annotations
@@ -43,6 +47,25 @@ def timed_steps(step, batches, warmup: int, steps: int, batch_size: int, device)
     return steps * batch_size / (time.perf_counter() - t0)
 
 
+def interleaved(step, batches, augment, steps: int, device, rounds: int = 8) -> tuple[float, int]:
+    """Throughput with `augment` over throughput without, timed in alternating rounds on one loader
+    (ABBA order), so the machine's drift and the loader's start do not fall on one side."""
+    it, per_round = iter(batches), max(1, steps // rounds)
+    step(augment(next(it)))  # warm both paths
+    step(next(it))
+    seconds = {False: 0.0, True: 0.0}
+    for r in range(rounds):
+        for with_augment in (False, True) if r % 2 == 0 else (True, False):
+            t0 = time.perf_counter()
+            for _ in range(per_round):
+                batch = next(it)
+                step(augment(batch) if with_augment else batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds[with_augment] += time.perf_counter() - t0
+    return seconds[False] / seconds[True], rounds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -57,6 +80,13 @@ def main() -> None:
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
     ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
+    ap.add_argument("--clean-by", choices=("sample", "batch"), default="sample", help="train.augment.clean_by")
+    ap.add_argument(
+        "--progress",
+        type=float,
+        default=0.5,
+        help="training progress the augmentation is drawn at (≥ shapes.start: shapes pasted, as in 60 %% of steps)",
+    )
     args = ap.parse_args()
 
     params = TrainParams(
@@ -66,7 +96,7 @@ def main() -> None:
         input_skip=args.input_skip,
         exact_input=args.exact_input,
         exact_convs=args.exact_convs,
-        augment={"clean": 0.5 if args.exact_input else 0.0},
+        augment={"clean": 0.5 if args.exact_input else 0.0, "clean_by": args.clean_by},
     )
     device = resolve_device("auto")
     model = MaskDepthNet(build_model(params), Normaliser(*[[0.5] * 3, [0.25] * 3] * 2)).to(device)
@@ -109,9 +139,12 @@ def main() -> None:
     e2e = timed_steps(step, from_shards(), args.warmup, args.steps, args.batch_size, device)
     print(f"end to end from shards: {e2e:,.1f} samples/s ({e2e / ceiling:.0%} of the ceiling)")
     if args.augment:
-        augmented = (augment(b) for b in from_shards())
+        augmented = (augment(b, args.progress) for b in from_shards())
         aug = timed_steps(step, augmented, args.warmup, args.steps, args.batch_size, device)
         print(f"end to end with capture augmentation: {aug:,.1f} samples/s ({aug / e2e:.1%} of without)")
+        ratio, rounds = interleaved(step, from_shards(), lambda b: augment(b, args.progress), args.steps, device)
+        print(f"interleaved, {rounds} rounds of {args.steps // rounds} steps each way: with augmentation "
+              f"{ratio:.1%} of the throughput without")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -231,6 +231,30 @@ def test_exact_flags_the_clean_pairs_and_nothing_else():
     assert CaptureAugment(AugmentParams(enabled=False), seed=4)(batch).exactness().all()
 
 
+def test_clean_by_batch_leaves_whole_batches_exact_at_the_clean_rate_and_keeps_the_draws():
+    """`clean_by: batch`: every batch is all exact (bit-identical shots) or all perturbed, about a
+    `clean` fraction of them exact, so the model's exact-pair norms never see a mixed batch; a
+    perturbed batch gets exactly the perturbation `clean: 0` gives it (the coins are drawn as per
+    sample, then the first one decides), and the next batches' draws do not move."""
+    everything = {"misalign": {"p": 1}, "photometric": {"p_bg": 1, "p_fg_bg": 1}, "blur": {"p": 1},
+                  "noise": {"p": 0}, "shadow": {"p": 1}}  # fmt: skip
+    batch = scene(8)
+    by_batch = CaptureAugment(only(**everything, clean=0.5, clean_by="batch"), seed=4)
+    by_sample = CaptureAugment(only(**everything, clean=0.5), seed=4)
+    full = CaptureAugment(only(**everything), seed=4)
+    kinds = []
+    for _ in range(40):
+        out, per_sample, perturbed = by_batch(batch), by_sample(batch), full(batch)
+        assert out.exact.all() or not out.exact.any()
+        kinds.append(bool(out.exact[0]))
+        if out.exact[0]:
+            assert same(out, batch)
+        else:
+            assert same(out, perturbed)
+        assert out.exact[0] == per_sample.exact[0]  # the same coin, the same stream
+    assert 8 < sum(kinds) < 32
+
+
 def test_shapes_exact_false_leaves_the_exact_pairs_exactly_as_composed():
     """`shapes.exact: false`: the pairs flagged exact are bit-identical to the input (targets
     included), as the test split's renders are; the perturbed pairs get the very shapes and

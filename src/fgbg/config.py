@@ -258,6 +258,7 @@ class AugmentParams(_Section):
 
     enabled: bool = True
     clean: float = Field(0.0, ge=0.0, le=1.0)  # fraction of pairs left exactly as composed (the tripod ideal)
+    clean_by: Literal["sample", "batch"] = "sample"  # batch: whole batches left exact (no mixed-batch norms)
     misalign: MisalignParams = MisalignParams()
     photometric: PhotometricParams = PhotometricParams()
     blur: BlurParams = BlurParams()
