@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
     ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
-    ap.add_argument("--clean-by", choices=("sample", "batch"), default="sample", help="train.augment.clean_by")
+    ap.add_argument("--clean-by", choices=("sample", "batch"), default="batch", help="train.augment.clean_by")
     ap.add_argument(
         "--progress",
         type=float,

@@ -244,8 +244,9 @@ ALIGN_MODES: tuple[str, ...] = get_args(AlignMode)
 class AnnealParams(_Section):
     """Fewer perturbed pairs as the learning rate anneals: over the last `fraction` of the training
     steps the probability of each augmentation in `only` falls linearly to `keep` × its value (YOLOX
-    closes its mosaic for the last epochs the same way). Measured: it buys IoU on identical pairs
-    and costs robustness on real ones (README "Real captures"), so it is off by default."""
+    closes its mosaic for the last epochs the same way). With the exact-pair norms and tone matching,
+    0.3 / 0.3 buys the renders ~0.001 and costs the real photos nothing (docs/real-captures.md), so
+    params.yaml turns it on; off here, so an older params file trains as it did."""
 
     fraction: float = Field(0.0, ge=0.0, le=1.0)  # 0: off
     keep: float = Field(1.0, ge=0.0, le=1.0)  # the probabilities' factor at the last step
