@@ -147,7 +147,7 @@ class CaptureAugment:
         shadow_blur = between(sh.blur, b)
         perturb = unit(b) >= p.clean  # drawn after the above, so `clean: 0` keeps their streams as they were
         if p.clean_by == "batch":
-            perturb = perturb[:1].expand(b).clone()
+            perturb = perturb[:1].repeat(b)  # the first sample's coin for the whole batch
         misalign, photometric, blur, noise, shadow = (c & perturb for c in (misalign, photometric, blur, noise, shadow))
         sp = p.shapes  # content, not a capture difference: independent of `clean`
         shapes_p = sp.p if progress >= sp.start else 0.0
