@@ -20,7 +20,9 @@ parameter tensors sent to the device in one copy, so the parameters are the same
 `get_state`/`set_state` resume exactly. The one exception is the noise field itself (B×3×H×W: too
 big to draw on the CPU each step): it is drawn on the device from a seed the CPU generator gives, so
 it is reproducible per device type but a CUDA run's noise pattern differs from a CPU run's.
-Samples an augmentation does not pick are copied bit-exact (the work runs on the picked ones only).
+Samples an augmentation does not pick are copied bit-exact (the work runs on the picked ones only). Each
+stage writes into the batch copy the first stage made, and the ops run in place on their own new tensors:
+on a CPU a fresh B×3×H×W buffer per op cost more than some of the ops (benchmarks/README).
 """
 
 from __future__ import annotations
@@ -181,41 +183,45 @@ class CaptureAugment:
         sent = _send([table, *picks.values()], dev)  # one host→device copy per batch
         table, idx = sent[0], {k: v.long() for k, v in zip(picks, sent[1:], strict=True)}
         shots, mask, depth, alpha = [bg, fg_bg], batch.mask, batch.depth, batch.alpha
+        inputs = (bg, fg_bg, mask, depth, alpha)
 
         def par(name: str, i: torch.Tensor) -> torch.Tensor:
             return table[i][:, cols[name]]
 
+        def put(t: torch.Tensor, i: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            """`t` with rows `i` replaced: a copy if `t` is the caller's, else in place (made by an earlier stage)."""
+            return t.index_copy(0, i, rows) if any(t is x for x in inputs) else t.index_copy_(0, i, rows)
+
         if "shapes" in idx:
             i = idx["shapes"]
-            texture = bg.roll(1, 0).roll((h // 3, w // 3), (2, 3))[i]  # another sample's scene, moved
+            texture = bg[(i - 1) % len(bg)].roll((h // 3, w // 3), (2, 3))  # another sample's scene, moved
             out, shape_mask, shape_depth, shape_alpha = _paste_shape(fg_bg[i], mask[i], depth[i], texture, par, i)
-            shots[FG_BG] = fg_bg.index_copy(0, i, out)
-            mask, depth = mask.index_copy(0, i, shape_mask), depth.index_copy(0, i, shape_depth)
+            shots[FG_BG], mask, depth = put(fg_bg, i, out), put(mask, i, shape_mask), put(depth, i, shape_depth)
             if alpha is not None:  # the shape lies over the object: a_s + (1 − a_s)·a
-                alpha = alpha.index_copy(0, i, shape_alpha + (1 - shape_alpha) * alpha[i])
+                alpha = put(alpha, i, shape_alpha + (1 - shape_alpha) * alpha[i])
         if "shadow" in idx:
             i = idx["shadow"]
-            shots[FG_BG] = shots[FG_BG].index_copy(0, i, self._shadow(shots[FG_BG][i], mask[i], par, i))
+            shots[FG_BG] = put(shots[FG_BG], i, self._shadow(shots[FG_BG][i], mask[i], par, i))
         if "misalign" in idx:
             i = idx["misalign"]
-            shots[BG] = bg.index_copy(0, i, self._misalign(bg[i], par, i))
+            shots[BG] = put(bg, i, self._misalign(bg[i], par, i))
         for s in (BG, FG_BG):
             if f"photometric{s}" in idx:
                 i = idx[f"photometric{s}"]
                 out = _photometric(shots[s][i], par("gain", i)[:, s], par("gamma", i)[:, s],
                                    par(("wb_bg", "wb_fg_bg")[s], i), par("offset", i)[:, s])  # fmt: skip
-                shots[s] = shots[s].index_copy(0, i, out)
+                shots[s] = put(shots[s], i, out)
             if f"blur{s}" in idx:
                 i = idx[f"blur{s}"]
                 radius = math.ceil(3 * self.params.blur.sigma[1])
                 out = gaussian_blur(shots[s][i], par("blur_sigma", i)[:, s], radius, "replicate")
-                shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
+                shots[s] = put(shots[s], i, out.clamp_(0, 1))
             if f"noise{s}" in idx:
                 i = idx[f"noise{s}"]
                 gen = self._noise_gen(dev).manual_seed(int(d.noise_seed[s]))
                 field = torch.randn((len(i), 3, h, w), generator=gen, device=dev, dtype=bg.dtype)
-                out = shots[s][i] + par("noise_sigma", i)[:, s].view(-1, 1, 1, 1) * field
-                shots[s] = shots[s].index_copy(0, i, out.clamp(0, 1))
+                out = field.mul_(par("noise_sigma", i)[:, s].view(-1, 1, 1, 1)).add_(shots[s][i])  # σ·n + x, as x + σ·n
+                shots[s] = put(shots[s], i, out.clamp_(0, 1))
         return Batch(shots[BG], shots[FG_BG], mask, depth, alpha, d.exact.to(dev))
 
     def _misalign(self, bg: torch.Tensor, par: Params, i: torch.Tensor) -> torch.Tensor:
@@ -275,17 +281,18 @@ def _paste_shape(
     xs, ys = xs / aspect.view(-1, 1, 1), ys * aspect.view(-1, 1, 1)
     r, theta = torch.sqrt(xs**2 + ys**2), torch.atan2(ys, xs)
     k = torch.arange(2, 6, device=dev, dtype=dt).view(1, 4, 1, 1)
-    harmonics = par("wobble", i).view(n, 4, 1, 1) * torch.cos(k * theta.unsqueeze(1) + par("phase", i).view(n, 4, 1, 1))
-    outline = radius.view(-1, 1, 1) * (1 + harmonics.sum(1)).clamp_min(0.3)
-    alpha = (outline - r + 0.5).clamp(0, 1).unsqueeze(1)  # n×1×h×w
+    harmonics = (k * theta.unsqueeze(1)).add_(par("phase", i).view(n, 4, 1, 1)).cos_()
+    harmonics.mul_(par("wobble", i).view(n, 4, 1, 1))
+    outline = radius.view(-1, 1, 1) * (1 + harmonics.sum(1)).clamp_min_(0.3)
+    alpha = (outline - r).add_(0.5).clamp_(0, 1).unsqueeze(1)  # n×1×h×w
     mix = par("texture", i).view(-1, 1, 1, 1)
-    fill = mix * texture + (1 - mix) * par("colour", i).view(-1, 3, 1, 1)
+    fill = (mix * texture).add_((1 - mix) * par("colour", i).view(-1, 3, 1, 1))
     shape = (alpha >= 0.5).to(dt)
     bottom = _bottom_edge(shape).long().clamp(1, h) - 1  # its lowest row
     column = centre[:, 0].long().clamp(0, w - 1)
     contact = depth[torch.arange(n, device=dev), 0, bottom, column].view(-1, 1, 1, 1)
     depth = torch.where(shape > 0, torch.maximum(depth, contact), depth)
-    return alpha * fill + (1 - alpha) * fg_bg, torch.maximum(mask, shape), depth, alpha
+    return fill.mul_(alpha).add_((1 - alpha) * fg_bg), torch.maximum(mask, shape), depth, alpha
 
 
 def _bottom_edge(mask: torch.Tensor) -> torch.Tensor:
@@ -299,8 +306,8 @@ def _photometric(
     x: torch.Tensor, gain: torch.Tensor, gamma: torch.Tensor, wb: torch.Tensor, offset: torch.Tensor
 ) -> torch.Tensor:
     """Exposure × white balance, tone curve, black level: what drifts between two shots."""
-    x = (x * (gain.view(-1, 1) * wb).view(-1, 3, 1, 1)).clamp(0, 1).pow(gamma.view(-1, 1, 1, 1))
-    return (x + offset.view(-1, 1, 1, 1)).clamp(0, 1)
+    x = (x * (gain.view(-1, 1) * wb).view(-1, 3, 1, 1)).clamp_(0, 1).pow_(gamma.view(-1, 1, 1, 1))
+    return x.add_(offset.view(-1, 1, 1, 1)).clamp_(0, 1)  # in place on the new tensor: no allocation per op
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int, pad: str) -> torch.Tensor:
