@@ -215,3 +215,25 @@ def test_the_cli_refuses_an_unknown_align_mode_before_reading_anything(tmp_path)
 
     done = CliRunner().invoke(app, ["predict", "a.png", "b.png", "--model", "missing.pt", "--align", "sometimes"])
     assert done.exit_code == 2 and "sometimes" in done.output and "auto" in done.output
+
+
+def test_full_size_outputs_stay_on_zero_one_where_the_network_and_the_filter_overshoot(tiny_stats, tmp_path):
+    """predict_tensors (what `fgbg predict`, the served MLflow model and evaluate read) returns mask
+    probability, depth and alpha on [0, 1]: the depth head is linear and the guided filter overshoots
+    at edges, so both leave that range unless clamped."""
+    import torch
+    from conftest import exact_pair_model
+
+    from fgbg.model import load_model
+    from fgbg.predict import predict_tensors
+
+    _, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
+    loaded = load_model(model_pt, torch.device("cpu"))
+    x = torch.from_numpy(np.random.default_rng(0).random((2, 6, 96, 64), dtype=np.float32))
+    with torch.no_grad():
+        raw = loaded.net(torch.nn.functional.interpolate(x[:, :3], size=(48, 32), mode="area"),
+                         torch.nn.functional.interpolate(x[:, 3:], size=(48, 32), mode="area"))  # fmt: skip
+        assert raw.depth.min() < 0 or raw.depth.max() > 1  # the precondition: the head leaves [0, 1]
+        for refine in (True, False):
+            for out in predict_tensors(loaded, x[:, :3], x[:, 3:], refine=refine):
+                assert 0 <= out.min() and out.max() <= 1

@@ -20,7 +20,7 @@ from fgbg.evaluate import run_evaluate
 from fgbg.model import load_model
 from fgbg.predict import predict_tensors, run_predict
 from fgbg.tone import match_tone
-from fgbg.tracking import TrainRun, run_name
+from fgbg.tracking import TrainRun, dvc_hashes, run_name
 
 
 def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(trained, tiny_data, tmp_path):
@@ -184,3 +184,23 @@ def _write_pair(folder: Path, bg: np.ndarray, fg_bg: np.ndarray) -> tuple[Path, 
         (folder / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / sub / "shot.png")
     return folder / "bg" / "shot.png", folder / "fg_bg" / "shot.png"
+
+
+def test_a_run_is_tagged_with_the_data_it_read_not_the_previous_runs_outputs(tmp_path):
+    """dvc.lock still holds the previous model's and metrics' hashes while `fgbg train` runs under
+    `dvc repro` (a stage's entry is written as it ends): only the train stage's inputs are tagged."""
+    import yaml
+
+    (tmp_path / "dvc.yaml").write_text((Path(__file__).parents[1] / "dvc.yaml").read_text())
+    lock = {"schema": "2.0", "stages": {
+        "compose": {"cmd": "fgbg compose", "outs": [{"path": "data/composites", "md5": "c0.dir"}]},
+        "stats": {"cmd": "fgbg stats", "outs": [{"path": "data/stats.json", "md5": "s0"}]},
+        "train": {"cmd": "fgbg train", "outs": [{"path": "models/model.pt", "md5": "old-model"}]},
+        "evaluate": {"cmd": "fgbg evaluate", "outs": [{"path": "metrics/test.json", "md5": "old-metrics"}]},
+    }}  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert dvc_hashes(tmp_path / "dvc.lock") == {
+        "dvc.compose.data/composites": "c0.dir",
+        "dvc.stats.data/stats.json": "s0",
+    }
+    assert dvc_hashes(tmp_path / "missing.lock") == {}

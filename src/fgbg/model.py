@@ -277,4 +277,4 @@ class Deployable(torch.nn.Module):
 
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor):
         out = self.net(bg, fg_bg)
-        return torch.sigmoid(out.mask_logits), out.depth, out.alpha
+        return torch.sigmoid(out.mask_logits), out.depth.clamp(0, 1), out.alpha  # the depth head is linear

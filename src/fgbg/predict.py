@@ -119,9 +119,12 @@ def predict_tensors(
     out = infer(loaded.net, to_network(bg), fg_bg_net, flags)
     prob = torch.sigmoid(out.mask_logits)
     if refine and larger:  # let the photo's edges place the outline
-        return (guided_upsample(prob, fg_bg_net, fg_bg, MASK_RADIUS), to_full(out.depth),
-                guided_upsample(out.alpha, fg_bg_net, fg_bg, ALPHA_RADIUS))  # fmt: skip
-    return to_full(prob), to_full(out.depth), to_full(out.alpha)
+        outputs = (guided_upsample(prob, fg_bg_net, fg_bg, MASK_RADIUS), to_full(out.depth),
+                   guided_upsample(out.alpha, fg_bg_net, fg_bg, ALPHA_RADIUS))  # fmt: skip
+    else:
+        outputs = (to_full(prob), to_full(out.depth), to_full(out.alpha))
+    # each on [0, 1] as documented: the guided filter overshoots at edges, the depth head is linear
+    return tuple(t.clamp_(0, 1) for t in outputs)
 
 
 def lift_onto(fg_bg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, new_bg: np.ndarray) -> np.ndarray:

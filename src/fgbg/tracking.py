@@ -59,16 +59,23 @@ def git_commit() -> str:
         return ""
 
 
-def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
-    """The md5 of each data output in dvc.lock: which data this run trained on."""
+def dvc_hashes(lock: Path = Path("dvc.lock"), reader: str = "train") -> dict[str, str]:
+    """The md5 in dvc.lock of each output that stage `reader` reads (its deps in dvc.yaml beside
+    it): which data this run trained on. `dvc repro` writes a stage's lock entry as the stage ends,
+    so those upstream entries are this run's; the reader's own outputs and later stages' would still
+    be the previous run's, and are left out."""
     import yaml
 
-    if not lock.exists():
+    pipeline = lock.with_name("dvc.yaml")
+    if not lock.exists() or not pipeline.exists():
         return {}
+    stages = (yaml.safe_load(pipeline.read_text()) or {}).get("stages", {})
+    reads = {str(dep) for dep in (stages.get(reader) or {}).get("deps", [])}
     tags = {}
     for stage, spec in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).items():
         for out in spec.get("outs", []):
-            tags[f"dvc.{stage}.{out['path']}"] = out.get("md5", "")
+            if out["path"] in reads:
+                tags[f"dvc.{stage}.{out['path']}"] = out.get("md5", "")
     return tags
 
 
