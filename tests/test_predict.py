@@ -237,3 +237,41 @@ def test_full_size_outputs_stay_on_zero_one_where_the_network_and_the_filter_ove
         for refine in (True, False):
             for out in predict_tensors(loaded, x[:, :3], x[:, 3:], refine=refine):
                 assert 0 <= out.min() and out.max() <= 1
+
+
+def test_a_bad_photo_is_named_and_the_rest_of_a_folder_is_still_predicted(trained, tmp_path):
+    """A corrupt photo is one error naming the file; in folder mode the other pairs are still
+    written, an fg_bg without a bg is named and skipped, and the run ends in an error counting the
+    pairs not predicted. A path that does not exist is named as such."""
+    from fgbg.images import BadImage
+
+    pair = _photo_pair("clean", size=64)
+    bg, fg_bg = _write_pair(tmp_path, pair.bg, pair.fg_bg, "good.png")
+    _write_pair(tmp_path, pair.bg, pair.fg_bg, "bad.png")
+    (tmp_path / "bg" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(pair.fg_bg).save(tmp_path / "fg_bg" / "lonely.png")
+    with pytest.raises(BadImage, match=f"{tmp_path / 'bg' / 'bad.png'}: corrupt"):
+        run_predict(trained.model, tmp_path / "bg" / "bad.png", tmp_path / "fg_bg" / "bad.png", tmp_path / "one", "cpu")
+    logged = []
+    with pytest.raises(ValueError, match=r"1 of 2 pairs not predicted .*bad\.png"):
+        run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu", log=logged.append)
+    assert (tmp_path / "out" / "good_mask.png").is_file() and not (tmp_path / "out" / "bad_mask.png").exists()
+    assert any("lonely.png" in line and "skipped" in line for line in logged)
+    with pytest.raises(FileNotFoundError, match="missing.png: no such file"):
+        run_predict(trained.model, bg.parent / "missing.png", fg_bg, tmp_path / "out", "cpu")
+
+
+def test_a_file_that_is_not_an_fgbg_model_is_named(trained, tmp_path):
+    import torch
+
+    from fgbg.model import load_model
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(trained.model.read_bytes()[:1000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, reason in ((truncated, "not an fgbg model file"), (foreign, "no model, normaliser")):
+        with pytest.raises(ValueError, match=f"{path}: .*{reason}"):
+            load_model(path, torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_model(tmp_path / "none.pt", torch.device("cpu"))

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 
 from fgbg.config import TrainParams, describe_errors
-from fgbg.images import atomic_write_bytes
+from fgbg.images import atomic_write_bytes, first_line
 
 RGB = ("r", "g", "b")
 IN_CHANNELS = 6  # bg ⊕ fg_bg, RGB each
@@ -241,6 +241,9 @@ def model_file(net: MaskDepthNet, params: TrainParams, epoch: int, input_size: i
     }
 
 
+MODEL_KEYS = ("model", "normaliser", "train_params", "input_size", "epoch")  # what model_file writes
+
+
 def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, input_size: int) -> None:
     buf = io.BytesIO()
     torch.save(model_file(net, params, epoch, input_size), buf)
@@ -249,7 +252,15 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
 
 def load_model(path: Path, device: torch.device) -> LoadedModel:
     """model.pt → the network in eval mode on `device`, with its params and input size."""
-    data = torch.load(Path(path), map_location="cpu", weights_only=False)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file (train one with `fgbg train`, or `dvc pull`)")
+    try:
+        data = torch.load(Path(path), map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, or not a torch file: name it, no trace
+        raise ValueError(f"{path}: not an fgbg model file ({type(e).__name__}: {first_line(e)})") from None
+    missing = [key for key in MODEL_KEYS if key not in data] if isinstance(data, dict) else list(MODEL_KEYS)
+    if missing:  # another program's checkpoint, or fgbg's checkpoint.pt
+        raise ValueError(f"{path}: not an fgbg model file (no {', '.join(missing)}); give models/model.pt")
     older = dict.fromkeys(("alpha_head", "input_skip", "exact_input", "exact_convs"), False)  # keys older files lack
     saved = {**older, **data["train_params"]}
     try:

@@ -24,6 +24,7 @@ from fgbg.config import ALIGN_MODES, resolve_device
 from fgbg.convention import unit_to_u16
 from fgbg.images import (
     IMAGE_SUFFIXES,
+    BadImage,
     atomic_write_bytes,
     depth_to_colour,
     encode_png,
@@ -38,9 +39,13 @@ PHOTO_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
 UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 
 
-def pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
-    """Two files, or two folders whose images are matched by file name."""
+def pairs(bg: Path, fg_bg: Path, log=print) -> list[tuple[Path, Path]]:
+    """Two files, or two folders whose images are matched by file name (an fg_bg without a bg of
+    its name is logged and left out)."""
     bg, fg_bg = Path(bg), Path(fg_bg)
+    for path in (bg, fg_bg):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file or folder")
     if bg.is_file() and fg_bg.is_file():
         return [(bg, fg_bg)]
     if bg.is_dir() and fg_bg.is_dir():
@@ -48,8 +53,19 @@ def pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
         matched = [(b, f) for b, f in found if b.is_file()]
         if not matched:
             raise FileNotFoundError(f"{fg_bg}: no image with the same name in {bg}")
+        for b, f in found:
+            if not b.is_file():
+                log(f"warning: {f}: no bg of the same name in {bg}, skipped")
         return matched
-    raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders")
+    raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders, not one of each")
+
+
+def read_photo(path: Path) -> np.ndarray:
+    """A photo as 8-bit RGB; a file that is not one is a BadImage naming it."""
+    try:
+        return load_raw_image(Path(path), **PHOTO_LIMITS).pixels[..., :3]
+    except BadImage as e:
+        raise BadImage(f"{path}: {e}") from None
 
 
 def network_size(h: int, w: int, size: int) -> tuple[int, int]:
@@ -259,37 +275,57 @@ def run_predict(
     align = align_mode(loaded, align, exact, str(model_path))
     match_tone = match_tone and not exact  # an exact pair has no exposure change, and must stay exact
     tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
-    new_bg = None if onto is None else load_raw_image(Path(onto), **PHOTO_LIMITS).pixels[..., :3]
+    new_bg = None if onto is None else read_photo(Path(onto))
+    todo = pairs(bg, fg_bg, log)
+    written, failed = [], []
+    for bg_path, fg_bg_path in todo:
+        try:
+            written += _predict_one(loaded, bg_path, fg_bg_path, Path(out_dir), align, tolerance, new_bg, exact,
+                                    refine, match_tone, log)  # fmt: skip
+        except ValueError as e:  # BadImage among them
+            if len(todo) == 1:
+                raise
+            log(f"error: {e}")  # one bad pair of a folder: the others are still predicted
+            failed.append(str(e))
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(todo)} pairs not predicted (the others are in {out_dir}): {failed[0]}")
+    return written
+
+
+def _predict_one(
+    loaded: LoadedModel, bg_path: Path, fg_bg_path: Path, out_dir: Path, align: str, tolerance: float,
+    new_bg: np.ndarray | None, exact: bool, refine: bool, match_tone: bool, log,
+) -> list[Path]:  # fmt: skip
+    """run_predict for one pair: its files written, their paths returned."""
     written = []
-    for bg_path, fg_bg_path in pairs(bg, fg_bg):
-        bg_img = load_raw_image(bg_path, **PHOTO_LIMITS).pixels[..., :3]
-        fg_bg_img = load_raw_image(fg_bg_path, **PHOTO_LIMITS).pixels[..., :3]
-        h, w = fg_bg_img.shape[:2]
-        bh, bw = bg_img.shape[:2]
-        if abs(bh * w - h * bw) > 0.02 * h * bw:
-            raise ValueError(f"{bg_path} is {bw}x{bh}, {fg_bg_path} is {w}x{h}: a bg and its fg_bg show the same view")
-        if (bh, bw) != (h, w):
-            bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
-        names = f"{bg_path}, {fg_bg_path}"
-        bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log, match_tone)
-        mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
-        overlay = fg_bg_img.copy()
-        tint = np.array([255, 40, 40], np.float32)
-        overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(overlay, contours, -1, (255, 255, 0), 1)
-        stem = fg_bg_path.stem
-        images = [("mask", mask), ("alpha", alpha), ("depth", depth16), ("depth_color", depth_to_colour(depth16)),
-                  ("overlay", overlay)]  # fmt: skip
-        if new_bg is not None:
-            images.append(("onto", lift_onto(fg_bg_img, bg_img, alpha, resize_cover_crop(new_bg, h, w))))
-        for suffix, img in images:
-            path = Path(out_dir) / f"{stem}_{suffix}.png"
-            atomic_write_bytes(path, encode_png(img, 3))
-            written.append(path)
-        path = Path(out_dir) / f"{stem}.json"
-        record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, "refine": refine,
-                  "match_tone": match_tone, **asdict(report)}  # fmt: skip
-        atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
+    bg_img = read_photo(bg_path)
+    fg_bg_img = read_photo(fg_bg_path)
+    h, w = fg_bg_img.shape[:2]
+    bh, bw = bg_img.shape[:2]
+    if abs(bh * w - h * bw) > 0.02 * h * bw:
+        raise ValueError(f"{bg_path} is {bw}x{bh}, {fg_bg_path} is {w}x{h}: a bg and its fg_bg show the same view")
+    if (bh, bw) != (h, w):
+        bg_img = cv2.resize(bg_img, (w, h), interpolation=cv2.INTER_AREA)
+    names = f"{bg_path}, {fg_bg_path}"
+    bg_img, report = align_bg(bg_img, fg_bg_img, align, tolerance, loaded.input_size, names, log, match_tone)
+    mask, depth16, alpha = predict_pair(loaded, bg_img, fg_bg_img, exact, refine)
+    overlay = fg_bg_img.copy()
+    tint = np.array([255, 40, 40], np.float32)
+    overlay[mask > 0] = (0.5 * overlay[mask > 0] + 0.5 * tint).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(overlay, contours, -1, (255, 255, 0), 1)
+    stem = fg_bg_path.stem
+    images = [("mask", mask), ("alpha", alpha), ("depth", depth16), ("depth_color", depth_to_colour(depth16)),
+              ("overlay", overlay)]  # fmt: skip
+    if new_bg is not None:
+        images.append(("onto", lift_onto(fg_bg_img, bg_img, alpha, resize_cover_crop(new_bg, h, w))))
+    for suffix, img in images:
+        path = Path(out_dir) / f"{stem}_{suffix}.png"
+        atomic_write_bytes(path, encode_png(img, 3))
         written.append(path)
+    path = Path(out_dir) / f"{stem}.json"
+    record = {"bg": str(bg_path), "fg_bg": str(fg_bg_path), "align": align, "exact": exact, "refine": refine,
+              "match_tone": match_tone, **asdict(report)}  # fmt: skip
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode() + b"\n")
+    written.append(path)
     return written
