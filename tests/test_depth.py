@@ -26,6 +26,21 @@ def test_fg_takes_the_bg_depth_where_it_touches_the_ground():
     np.testing.assert_array_equal(out[~outside], bg[~outside])
 
 
+def test_fg_placed_over_the_sky_stands_on_the_ground_below_it_not_at_sky_depth():
+    # sky (0) above row 15, ground below it, nearer towards the bottom
+    bg = np.zeros((40, 30), np.uint16)
+    bg[15:] = np.linspace(1000, 60000, 25).astype(np.uint16)[:, None]
+    mask = np.zeros((6, 4), bool)
+    mask[1:5, 1:3] = True  # lowest row 4, at y=2 → bg row 6: sky
+    out = paste_depth(bg, mask, x=10, y=2)
+    assert (out[2:8, 10:14][mask] == bg[15, 11]).all()  # the first ground below its contact point
+    np.testing.assert_array_equal(out[2:8, 10:14][~mask], 0)  # the sky around it stays sky
+    # no ground below in its column: the bg's farthest ground; no ground at all: the bg's own depth
+    bg[15:, 11] = 0
+    assert (paste_depth(bg, mask, x=10, y=2)[2:8, 10:14][mask] == bg[bg > 0].min()).all()
+    assert not paste_depth(np.zeros_like(bg), mask, x=10, y=2).any()
+
+
 def test_fg_is_never_behind_the_bg_it_covers():
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -74,7 +89,7 @@ def test_depth_shards_put_the_object_where_the_composite_mask_is(tiny_prepared, 
     """Read back from both stages' shards: the depth map differs from the bg's only under the
     stored mask, and there it is the depth at the object's own ground contact."""
     ps = PreparedSet(tiny_prepared, depth=True)
-    changed_somewhere = 0
+    changed_somewhere = floating = 0
     for name in read_manifest(tiny_composites)["shards"]:
         pairs = zip(iter_shard(tiny_composites / name), iter_shard(tiny_depth / name), strict=True)
         for (key, comp), (_, dep) in pairs:
@@ -84,7 +99,12 @@ def test_depth_shards_put_the_object_where_the_composite_mask_is(tiny_prepared, 
             rows = np.flatnonzero(mask.any(axis=1))
             bottom = rows[-1]
             cols = np.flatnonzero(mask[bottom])
-            contact = bg_depth[bottom, cols[len(cols) // 2]]
+            column = bg_depth[bottom:, cols[len(cols) // 2]]
+            contact = (
+                column[column > 0][0] if column.any() else bg_depth[bg_depth > 0].min()
+            )  # over the sky: the ground below
+            floating += int(column[0] == 0)
             np.testing.assert_array_equal(depth[mask], np.maximum(bg_depth[mask], contact))
+            assert depth[mask].all(), key  # an object is never at the sky's depth
             changed_somewhere += int((depth != bg_depth).any())
-    assert changed_somewhere > 0
+    assert changed_somewhere > 0 and floating > 0

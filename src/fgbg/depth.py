@@ -50,15 +50,31 @@ def contact_point(mask: np.ndarray) -> tuple[int, int]:
     return bottom, int(cols[len(cols) // 2])
 
 
+def ground_depth(bg_depth: np.ndarray, row: int, col: int) -> int:
+    """The depth the object stands at from (row, col), its contact point in the bg: the bg there,
+    or where that is sky (0: the object was placed above the horizon), the first ground below it
+    in that column, else the bg's farthest ground (its horizon); 0 only for a bg with no ground.
+    Without the fallback a floating object took the sky's depth and vanished from the depth map."""
+    if bg_depth[row, col]:
+        return int(bg_depth[row, col])
+    below = bg_depth[row:, col]
+    ground = np.flatnonzero(below)
+    if ground.size:
+        return int(below[ground[0]])
+    anywhere = bg_depth[bg_depth > 0]
+    return int(anywhere.min()) if anywhere.size else 0
+
+
 def paste_depth(bg_depth: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.ndarray:
-    """bg depth with the object (bool `mask`, placed at x, y) standing at its contact depth.
+    """bg depth with the object (bool `mask`, placed at x, y) standing at its ground-contact depth
+    (ground_depth).
 
     Values are inverse depth (bigger = nearer), so `max` keeps the object in front of whatever
     bg it covers: it is never pushed behind a surface it is drawn over.
     """
     out = bg_depth.copy()
     cy, cx = contact_point(mask)
-    contact = bg_depth[y + cy, x + cx]
+    contact = ground_depth(bg_depth, y + cy, x + cx)
     h, w = mask.shape
     region = out[y : y + h, x : x + w]
     region[mask] = np.maximum(region[mask], contact)
