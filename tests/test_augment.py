@@ -185,6 +185,34 @@ def test_a_pasted_shape_enters_fg_bg_mask_alpha_and_depth_together_and_never_bg(
         assert inside.any() and torch.unique(out.depth[k, 0][inside]).numel() == 1
 
 
+def test_a_shape_stands_on_the_ground_by_the_datasets_own_rule_even_over_the_sky():
+    """The shape's depth is what fgbg.depth gives a composited object (the middle of its lowest
+    row; over the sky, the first ground below), never the sky's 0: checked against that numpy code
+    on scenes whose upper part is sky, and on one with no ground at all."""
+    import numpy as np
+
+    from fgbg.augment import _ground_depth
+    from fgbg.depth import contact_point, ground_depth
+
+    gen = torch.Generator().manual_seed(5)
+    b, h, w = 24, 48, 40
+    depth = torch.rand(b, 1, h, w, generator=gen) * 0.5 + 0.01
+    horizon = torch.randint(0, h, (b,), generator=gen)
+    depth[(torch.arange(h).view(1, 1, h, 1) < horizon.view(b, 1, 1, 1)).expand(b, 1, h, w)] = (
+        0  # sky above each horizon
+    )
+    depth[0] = 0  # no ground at all
+    shape = torch.rand(b, 1, h, w, generator=gen) < 0.03
+    shape[:, :, 5:9, 10:14] = True  # high up: often over the sky
+    got = _ground_depth(depth, shape.float())
+    for k in range(b):
+        u16 = np.rint(depth[k, 0].numpy() * 65535).astype(np.uint16)
+        cy, cx = contact_point(shape[k, 0].numpy())
+        assert round(got[k].item() * 65535) == ground_depth(u16, cy, cx), k
+    over_sky = [k for k in range(1, b) if depth[k, 0, 8, 12] == 0]
+    assert over_sky and all(got[k] > 0 for k in over_sky) and got[0] == 0
+
+
 def test_unpicked_samples_are_bit_identical():
     batch = scene(16)
     aug = CaptureAugment(only(photometric={"p_bg": 0.5, "p_fg_bg": 0}), seed=0)

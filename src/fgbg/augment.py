@@ -288,11 +288,27 @@ def _paste_shape(
     mix = par("texture", i).view(-1, 1, 1, 1)
     fill = (mix * texture).add_((1 - mix) * par("colour", i).view(-1, 3, 1, 1))
     shape = (alpha >= 0.5).to(dt)
-    bottom = _bottom_edge(shape).long().clamp(1, h) - 1  # its lowest row
-    column = centre[:, 0].long().clamp(0, w - 1)
-    contact = depth[torch.arange(n, device=dev), 0, bottom, column].view(-1, 1, 1, 1)
+    contact = _ground_depth(depth, shape).view(-1, 1, 1, 1)
     depth = torch.where(shape > 0, torch.maximum(depth, contact), depth)
     return fill.mul_(alpha).add_((1 - alpha) * fg_bg), torch.maximum(mask, shape), depth, alpha
+
+
+def _ground_depth(depth: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+    """Per sample (N×1×H×W depth, 0 = sky, and a non-empty 0/1 shape): the depth the shape stands
+    at, by fgbg.depth's rule (contact_point, then ground_depth): the middle of its lowest row; where
+    that is sky, the first ground below it in that column, else the scene's farthest ground, else 0."""
+    n, _, h, w = depth.shape
+    samples = torch.arange(n, device=depth.device)
+    bottom = _bottom_edge(shape).long().clamp(1, h) - 1  # its lowest row
+    on_row = shape[samples, 0, bottom]  # N×W
+    half = (on_row.sum(1, keepdim=True) / 2).floor()
+    column = (on_row.cumsum(1) <= half).sum(1).clamp(max=w - 1)  # the middle of the row's pixels
+    below = depth[samples, 0, :, column]  # N×H: that column, top to bottom
+    ground = (below > 0) & (torch.arange(h, device=depth.device) >= bottom.view(-1, 1))
+    first = below.gather(1, ground.int().argmax(1, keepdim=True))[:, 0]
+    farthest = torch.where(depth > 0, depth, torch.inf).flatten(1).amin(1)
+    farthest = torch.where(farthest.isinf(), torch.zeros_like(farthest), farthest)
+    return torch.where(ground.any(1), first, farthest)
 
 
 def _bottom_edge(mask: torch.Tensor) -> torch.Tensor:

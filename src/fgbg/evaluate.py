@@ -68,7 +68,8 @@ def run_evaluate(
 
 def full_size_iou(loaded, batch: Batch) -> torch.Tensor:
     """Per-sample mask IoU at the data's own size through `fgbg predict`'s path (network at its
-    input size, outputs refined to full size): what a user predicting these pairs gets."""
+    input size, outputs refined to full size), with the pairs read as what they are, exact (as
+    `iou`, and as `fgbg predict --exact` reads them): what a user predicting these renders gets."""
     prob, _, _ = predict_tensors(loaded, batch.bg, batch.fg_bg, batch.exactness())
     return mask_metrics((prob >= 0.5).float(), batch.mask)["iou"].cpu()
 
