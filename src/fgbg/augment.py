@@ -306,8 +306,7 @@ def _ground_depth(depth: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
     below = depth[samples, 0, :, column]  # N×H: that column, top to bottom
     ground = (below > 0) & (torch.arange(h, device=depth.device) >= bottom.view(-1, 1))
     first = below.gather(1, ground.int().argmax(1, keepdim=True))[:, 0]
-    farthest = torch.where(depth > 0, depth, torch.inf).flatten(1).amin(1)
-    farthest = torch.where(farthest.isinf(), torch.zeros_like(farthest), farthest)
+    farthest = torch.where(depth > 0, depth, torch.inf).flatten(1).amin(1).nan_to_num(posinf=0.0)  # no ground: 0
     return torch.where(ground.any(1), first, farthest)
 
 

@@ -55,9 +55,7 @@ def ground_depth(bg_depth: np.ndarray, row: int, col: int) -> int:
     or where that is sky (0: the object was placed above the horizon), the first ground below it
     in that column, else the bg's farthest ground (its horizon); 0 only for a bg with no ground.
     Without the fallback a floating object took the sky's depth and vanished from the depth map."""
-    if bg_depth[row, col]:
-        return int(bg_depth[row, col])
-    below = bg_depth[row:, col]
+    below = bg_depth[row:, col]  # the contact pixel first
     ground = np.flatnonzero(below)
     if ground.size:
         return int(below[ground[0]])
