@@ -38,6 +38,36 @@ def test_depth_metrics_and_log_loss_match_hand_computed_values():
     assert log_depth_loss(pred_d, gt_d).item() == pytest.approx(want, rel=1e-4)
 
 
+def test_an_all_sky_sample_has_no_depth_scores_and_the_means_skip_it(monkeypatch):
+    """Depth metrics are over non-sky pixels: a sample with none is NaN (not a perfect 0 AbsRel)
+    and the split's mean is over the samples that have them."""
+    import fgbg.scoring
+
+    gt = torch.full((2, 1, 2, 2), 0.5)
+    gt[1] = 0.0  # all sky
+    pred = torch.full((2, 1, 2, 2), 0.4)
+    d = depth_metrics(pred, gt)
+    for k in ("absrel", "rmse", "delta1", "delta2", "delta3"):
+        assert torch.isnan(d[k][1]) and d[k][0] == pytest.approx(depth_metrics(pred[:1], gt[:1])[k].item())
+    assert not torch.isnan(d["ssim"]).any()  # over the whole map, sky included
+
+    per_batch = [{"absrel": torch.tensor([0.1, torch.nan]), "iou": torch.tensor([0.5, 1.0])},
+                 {"absrel": torch.tensor([0.3]), "iou": torch.tensor([0.0])}]  # fmt: skip
+
+    class Batch:  # what evaluate_split reads of a batch
+        def __init__(self, n):
+            self.bg = torch.zeros(n, 3, 1, 1)
+
+    def fake_predictions(*args):
+        for per in per_batch:
+            yield [], Batch(len(per["iou"])), None, torch.tensor(2.0), per
+
+    monkeypatch.setattr(fgbg.scoring, "predictions", fake_predictions)
+    monkeypatch.setattr(fgbg.scoring, "prediction_sheet", lambda *a: None)
+    means = fgbg.scoring.evaluate_split(torch.nn.Identity(), None, None, "cpu", 2, 0, 8, None)
+    assert means["absrel"] == pytest.approx(0.2) and means["iou"] == pytest.approx(0.5) and means["loss"] == 2.0
+
+
 def test_alpha_metrics_match_hand_computed_values():
     gt = torch.zeros(1, 1, 21, 21)
     pred = gt.clone()

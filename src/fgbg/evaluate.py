@@ -54,7 +54,7 @@ def run_evaluate(
     result = {
         "samples": n,
         "loss": loss_sum / n,
-        **{k: float(np.mean([r[k] for r in rows])) for k in SAMPLE_FIELDS[1:]},
+        **{k: _mean_of_scored([r[k] for r in rows]) for k in SAMPLE_FIELDS[1:]},
     }
     if capture_ious:
         result["iou_as_capture"] = float(torch.cat(capture_ious).mean())
@@ -64,6 +64,12 @@ def run_evaluate(
     record_results(out_dir, "test", result, rows, SAMPLE_FIELDS, sheet, mlflow, Path(model_path))
     log(json.dumps(result))
     return result
+
+
+def _mean_of_scored(values: list[float]) -> float:
+    """The mean over the samples that have the metric (depth metrics are NaN where gt is all sky)."""
+    scored = [v for v in values if not np.isnan(v)]
+    return float(np.mean(scored)) if scored else float("nan")
 
 
 def full_size_iou(loaded, batch: Batch) -> torch.Tensor:

@@ -66,14 +66,15 @@ def evaluate_split(net, dataset, bgs, device, batch_size, workers, size, loss_we
     was_training = net.training
     net.eval()
     sums: dict[str, float] = {}
-    n, sheet = 0, None
+    counts: dict[str, int] = {}  # per metric: a sample without non-sky pixels has no depth metrics (NaN)
+    sheet = None
     for _, batch, out, loss, per in predictions(net, dataset, bgs, device, batch_size, workers, size, loss_weights):
-        b = batch.bg.shape[0]
-        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
+        per = {"loss": torch.full((batch.bg.shape[0],), float(loss)), **per}
         for k, v in per.items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-        n += b
+            scored = ~torch.isnan(v)
+            sums[k] = sums.get(k, 0.0) + float(v[scored].sum())
+            counts[k] = counts.get(k, 0) + int(scored.sum())
         if sheet is None:
             sheet = prediction_sheet(batch, out, sheet_samples)
     net.train(was_training)
-    return {**{k: v / max(n, 1) for k, v in sums.items()}, "sheet": sheet}
+    return {**{k: v / counts[k] if counts[k] else float("nan") for k, v in sums.items()}, "sheet": sheet}
