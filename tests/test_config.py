@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("train:\n  exact_input: true\n", "0 < clean < 1"),
         ("train:\n  exact_input: true\n  augment:\n    enabled: false\n    clean: 0.5\n", "0 < clean < 1"),
         ("train:\n  exact_input: true\n  augment:\n    clean: 1.0\n", "0 < clean < 1"),
+        ("captures:\n  seed: -1\n", "captures.seed"),
+        ("train:\n  seed: -3\n", "train.seed"),
     ],
 )
 def test_bad_params_name_the_file_and_the_key(tmp_path, text, key):

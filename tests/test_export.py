@@ -10,8 +10,9 @@ def test_onnx_export_matches_torch(trained, tmp_path):
     pytest.importorskip("onnxruntime")
     from fgbg.export import run_export
 
-    report = run_export(trained.model, tmp_path / "model.onnx")
-    assert (tmp_path / "model.onnx").stat().st_size > 10_000
+    report = run_export(trained.model, tmp_path / "new" / "model.onnx")  # a folder not made yet
+    assert (tmp_path / "new" / "model.onnx").stat().st_size > 10_000
+    tmp_path = tmp_path / "new"
     assert report["max_abs_diff"] < 1e-3
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -50,3 +51,20 @@ def test_onnx_export_of_an_exact_pair_norm_model_reads_pairs_as_captures(tiny_st
     with torch.no_grad():
         capture, exact = (net(bg, fg_bg, torch.full((2,), kind)).depth.clamp(0, 1).numpy() for kind in (False, True))
     assert abs(depth - capture).max() < 1e-3 < abs(depth - exact).max()
+
+
+def test_an_export_that_fails_its_check_writes_nothing(tiny_stats, tmp_path, monkeypatch):
+    """The ONNX file lands only when onnxruntime agrees with torch; otherwise the error says by how
+    much, and an earlier export at that path is left as it was."""
+    pytest.importorskip("onnxruntime")
+    from conftest import exact_pair_model
+
+    import fgbg.export
+
+    _, model_pt = exact_pair_model(tmp_path, tiny_stats, input_size=32)
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"the export before")
+    monkeypatch.setattr(fgbg.export, "CHECK_TOLERANCE", -1.0)  # every difference, even none, fails it
+    with pytest.raises(ValueError, match="model.onnx: not written"):
+        fgbg.export.run_export(model_pt, out)
+    assert out.read_bytes() == b"the export before"

@@ -261,6 +261,27 @@ def test_a_bad_photo_is_named_and_the_rest_of_a_folder_is_still_predicted(traine
         run_predict(trained.model, bg.parent / "missing.png", fg_bg, tmp_path / "out", "cpu")
 
 
+def test_what_predict_cannot_do_well_is_refused_before_any_output(trained, tmp_path):
+    """Two fg_bg photos of one stem (shot1.jpg, shot1.png) would write the same shot1_mask.png: named,
+    nothing written. A NaN or negative --align-above-px (NaN would never align) and a photo too small
+    to align are refused, naming the option or the file."""
+    from fgbg.images import BadImage
+
+    pair = _photo_pair("clean", size=64)
+    _write_pair(tmp_path, pair.bg, pair.fg_bg, "shot1.png")
+    _write_pair(tmp_path, pair.bg, pair.fg_bg, "shot1.jpg")
+    with pytest.raises(ValueError, match=r"shot1\.jpg, .*shot1\.png: both would write shot1_mask\.png"):
+        run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu")
+    assert not (tmp_path / "out").exists()
+    one = (tmp_path / "bg" / "shot1.png", tmp_path / "fg_bg" / "shot1.png")
+    for above in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="--align-above-px: a camera shift ≥ 0"):
+            run_predict(trained.model, *one, tmp_path / "out", "cpu", align_above_px=above)
+    tiny = _write_pair(tmp_path / "tiny", pair.bg[:12, :12].copy(), pair.fg_bg[:12, :12].copy(), "tiny.png")
+    with pytest.raises(BadImage, match=f"{tiny[0]}: .*12"):
+        run_predict(trained.model, *tiny, tmp_path / "out", "cpu")
+
+
 def test_a_file_that_is_not_an_fgbg_model_is_named(trained, tmp_path):
     import torch
 

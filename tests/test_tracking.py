@@ -103,7 +103,7 @@ def test_run_has_params_metrics_artifacts_evaluation_and_registered_model(traine
     with pytest.raises(ValueError, match="nodevice"):  # the device is the loader's choice (default: auto)
         mlflow.pyfunc.load_model(f"models:/fgbg-mask-depth/{version.version}", model_config={"device": "nodevice"})
     # what the network would misread is refused with the reason (MLflow's schema check: the shape)
-    wide = np.full((1, 6, 8, 200), 0.5, np.float32)
+    wide = np.full((1, 6, 16, 200), 0.5, np.float32)  # 12.5:1, beyond the limit of 8:1
     for bad, reason in ((x[:, :5], "shape"), (x * 255, r"on \[0, 1\]"), (wide, "aspect"), (x * np.nan, "NaN")):
         with pytest.raises(Exception, match=reason):
             served.predict(bad)

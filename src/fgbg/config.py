@@ -26,7 +26,7 @@ class _Section(BaseModel):
 class SynthParams(_Section):
     """The embedded raw set: rendered street/river/hill scenes with exact depth, RGBA sprites."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy generators take no negative seed
     n_bg: int = Field(20, ge=1, le=100_000)
     n_fg: int = Field(20, ge=1, le=100_000)
     bg_size: int = Field(192, ge=16, le=4096)
@@ -53,7 +53,7 @@ class PrepareParams(_Section):
 class SplitParams(_Section):
     """Splits by identity: each bg and each fg lands in one split by a seeded hash of its name."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     train: float = Field(0.8, ge=0.0, le=1.0)
     val: float = Field(0.1, ge=0.0, le=1.0)
     test: float = Field(0.1, ge=0.0, le=1.0)
@@ -69,7 +69,7 @@ class SplitParams(_Section):
 class ComposeParams(_Section):
     """How each fg is pasted on each bg."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     placement: Literal["random", "grid"] = "random"
     positions: int = Field(20, ge=1, le=10_000)
     grid: tuple[int, int] = (5, 4)
@@ -272,7 +272,7 @@ class AugmentParams(_Section):
 class TrainParams(_Section):
     """The mask + depth U-Net and how it is trained."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     encoder: str = "resnet34"
     encoder_weights: str | None = None  # null offline; "imagenet" where downloads work
     decoder_channels: list[int] = Field(default_factory=lambda: [256, 128, 64, 32, 16])
@@ -324,7 +324,7 @@ class EvaluateParams(_Section):
 class CapturesParams(_Section):
     """`fgbg check-captures`: real-photo pairs under real shooting conditions (README "Real captures")."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     per_photo: int = Field(16, ge=1)  # objects per photo (3 photos), each in every condition
     size: int = Field(192, ge=64)  # pair side (px); a multiple of 32
     align: AlignMode = "auto"  # handheld pairs, as `fgbg predict --align`

@@ -9,6 +9,8 @@ found is written next to the outputs (`<name>.json`).
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,8 +36,8 @@ from fgbg.images import (
 from fgbg.model import LoadedModel, infer, load_model
 from fgbg.refine import ALPHA_RADIUS, MASK_RADIUS, guided_upsample
 
-# the photos predict (and the MLflow model) accept
-PHOTO_LIMITS = {"min_side": 8, "max_pixels": 50_000_000, "max_aspect": 8.0}
+# the photos predict (and the MLflow model) accept; below 16 px a pair cannot be aligned (fgbg.align)
+PHOTO_LIMITS = {"min_side": 16, "max_pixels": 50_000_000, "max_aspect": 8.0}
 UNTRAINED_TOLERANCE_PX = 0.5  # a model trained without misalignment tolerates rounding only
 
 
@@ -56,6 +58,11 @@ def pairs(bg: Path, fg_bg: Path, log=print) -> list[tuple[Path, Path]]:
         for b, f in found:
             if not b.is_file():
                 log(f"warning: {f}: no bg of the same name in {bg}, skipped")
+        by_stem: dict[str, Path] = {}
+        for _, f in matched:  # outputs are named by stem: two such pairs would overwrite each other's
+            if f.stem in by_stem:
+                raise ValueError(f"{by_stem[f.stem]}, {f}: both would write {f.stem}_mask.png …; rename one")
+            by_stem[f.stem] = f
         return matched
     raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders, not one of each")
 
@@ -70,7 +77,8 @@ def read_photo(path: Path) -> np.ndarray:
 
 def network_size(h: int, w: int, size: int) -> tuple[int, int]:
     """The photo's shape scaled so its short side is the model's input size, keeping the aspect
-    ratio (the U-Net is fully convolutional), each side a multiple of 32 as the encoder needs."""
+    ratio (the U-Net is fully convolutional) up to rounding each side to the multiple of 32 the
+    encoder needs (an 800×900 photo at input 96 is read at 96×96; outputs return to its own size)."""
     scale = size / min(h, w)
     return tuple(max(32, round(side * scale / 32) * 32) for side in (h, w))
 
@@ -181,6 +189,16 @@ def trained_tolerance_px(loaded: LoadedModel) -> float:
     return max(UNTRAINED_TOLERANCE_PX, aug.misalign.translate * loaded.input_size)
 
 
+def alignment_tolerance(loaded: LoadedModel, above_px, flag: str = "--align-above-px") -> float:
+    """The camera shift beyond which `align: auto` aligns: `above_px` when given (a shift ≥ 0 px at
+    the model's input; NaN would silently never align), else the model's trained range."""
+    if above_px is None:
+        return trained_tolerance_px(loaded)
+    if isinstance(above_px, bool | np.bool_) or not isinstance(above_px, numbers.Real) or not 0 <= above_px < math.inf:
+        raise ValueError(f"{flag}: a camera shift ≥ 0 (px at the model's input), not {above_px!r}")
+    return float(above_px)
+
+
 def align_mode(loaded: LoadedModel, align: str, exact: bool, model_name: str, flag: str = "--") -> str:
     """The align mode a prediction runs with (`never` for exact pairs), or a clear error for a
     combination that cannot be honoured (options named with `flag`: `--` for the CLI)."""
@@ -274,7 +292,7 @@ def run_predict(
     loaded = load_model(Path(model_path), resolve_device(device))
     align = align_mode(loaded, align, exact, str(model_path))
     match_tone = match_tone and not exact  # an exact pair has no exposure change, and must stay exact
-    tolerance = trained_tolerance_px(loaded) if align_above_px is None else align_above_px
+    tolerance = alignment_tolerance(loaded, align_above_px)
     new_bg = None if onto is None else read_photo(Path(onto))
     todo = pairs(bg, fg_bg, log)
     written, failed = [], []

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import math
-import numbers
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -21,7 +19,7 @@ from packaging.version import Version
 from fgbg.config import resolve_device
 from fgbg.images import check_dimensions
 from fgbg.model import load_model
-from fgbg.predict import PHOTO_LIMITS, align_bg, align_mode, predict_tensors, trained_tolerance_px
+from fgbg.predict import PHOTO_LIMITS, align_bg, align_mode, alignment_tolerance, predict_tensors
 
 _log = logging.getLogger(__name__)
 
@@ -76,17 +74,14 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
         for name in ("exact", "refine", "match_tone"):
             if not isinstance(options[name], bool | np.bool_):
                 raise ValueError(f"params {name}: true or false, not {options[name]!r}")
-        exact, above = options["exact"], options["align_above_px"]
-        if above is not None:  # MLflow's schema casts; a direct call (unwrap_python_model) does not
-            if isinstance(above, bool | np.bool_) or not isinstance(above, numbers.Real) or not 0 <= above < math.inf:
-                raise ValueError(f"params align_above_px: a camera shift ≥ 0 (px at the model's input), not {above!r}")
-            above = float(above)
+        exact = options["exact"]  # align_above_px checked here too: MLflow's schema casts, a direct call does not
+        tolerance = alignment_tolerance(self.loaded, options["align_above_px"], "params align_above_px")
         align = align_mode(self.loaded, options["align"], exact, "the served model", flag="params ")
         x = np.asarray(model_input, dtype=np.float32)
         check_photos(x)
         match_tone = options["match_tone"] and not exact
         if align != "never" or match_tone:
-            x = self._prepared(x, align, trained_tolerance_px(self.loaded) if above is None else above, match_tone)
+            x = self._prepared(x, align, tolerance, match_tone)
         device = next(self.loaded.net.parameters()).device
         with torch.inference_mode():
             t = torch.from_numpy(x).to(device)
