@@ -264,7 +264,7 @@ def test_a_bad_photo_is_named_and_the_rest_of_a_folder_is_still_predicted(traine
 def test_what_predict_cannot_do_well_is_refused_before_any_output(trained, tmp_path):
     """Two fg_bg photos of one stem (shot1.jpg, shot1.png) would write the same shot1_mask.png: named,
     nothing written. A NaN or negative --align-above-px (NaN would never align) and a photo too small
-    to align are refused, naming the option or the file."""
+    to align are refused, naming the option or the file; a transparent photo is warned about."""
     from fgbg.images import BadImage
 
     pair = _photo_pair("clean", size=64)
@@ -277,6 +277,11 @@ def test_what_predict_cannot_do_well_is_refused_before_any_output(trained, tmp_p
     for above in (float("nan"), -1.0):
         with pytest.raises(ValueError, match="--align-above-px: a camera shift ≥ 0"):
             run_predict(trained.model, *one, tmp_path / "out", "cpu", align_above_px=above)
+    logged = []
+    rgba = np.dstack([pair.fg_bg, np.full(pair.fg_bg.shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba).save(one[1])
+    run_predict(trained.model, *one, tmp_path / "out", "cpu", log=logged.append)
+    assert any(f"{one[1]}: transparent pixels" in line for line in logged)
     tiny = _write_pair(tmp_path / "tiny", pair.bg[:12, :12].copy(), pair.fg_bg[:12, :12].copy(), "tiny.png")
     with pytest.raises(BadImage, match=f"{tiny[0]}: .*12"):
         run_predict(trained.model, *tiny, tmp_path / "out", "cpu")

@@ -67,12 +67,16 @@ def pairs(bg: Path, fg_bg: Path, log=print) -> list[tuple[Path, Path]]:
     raise FileNotFoundError(f"{bg}, {fg_bg}: give two image files or two folders, not one of each")
 
 
-def read_photo(path: Path) -> np.ndarray:
-    """A photo as 8-bit RGB; a file that is not one is a BadImage naming it."""
+def read_photo(path: Path, log=print) -> np.ndarray:
+    """A photo as 8-bit RGB; a file that is not one is a BadImage naming it. A transparent one is
+    read as the colours under its alpha (a photo has none), with a warning."""
     try:
-        return load_raw_image(Path(path), **PHOTO_LIMITS).pixels[..., :3]
+        pixels = load_raw_image(Path(path), **PHOTO_LIMITS).pixels
     except BadImage as e:
         raise BadImage(f"{path}: {e}") from None
+    if pixels.shape[-1] == 4 and (pixels[..., 3] < 255).any():
+        log(f"warning: {path}: transparent pixels; its alpha is ignored (the colours under it are read)")
+    return pixels[..., :3]
 
 
 def network_size(h: int, w: int, size: int) -> tuple[int, int]:
@@ -293,7 +297,7 @@ def run_predict(
     align = align_mode(loaded, align, exact, str(model_path))
     match_tone = match_tone and not exact  # an exact pair has no exposure change, and must stay exact
     tolerance = alignment_tolerance(loaded, align_above_px)
-    new_bg = None if onto is None else read_photo(Path(onto))
+    new_bg = None if onto is None else read_photo(Path(onto), log)
     todo = pairs(bg, fg_bg, log)
     written, failed = [], []
     for bg_path, fg_bg_path in todo:
@@ -316,8 +320,8 @@ def _predict_one(
 ) -> list[Path]:  # fmt: skip
     """run_predict for one pair: its files written, their paths returned."""
     written = []
-    bg_img = read_photo(bg_path)
-    fg_bg_img = read_photo(fg_bg_path)
+    bg_img = read_photo(bg_path, log)
+    fg_bg_img = read_photo(fg_bg_path, log)
     h, w = fg_bg_img.shape[:2]
     bh, bw = bg_img.shape[:2]
     if abs(bh * w - h * bw) > 0.02 * h * bw:
