@@ -11,6 +11,7 @@ from conftest import tiny_train_params, train_tiny
 from fgbg.data import ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
 from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
+from fgbg.train import CHECKPOINT
 
 
 def test_an_optimisation_step_lowers_the_loss_on_a_fixed_batch(tiny_data, tmp_path):
@@ -84,6 +85,40 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
         train_tiny(params.model_copy(update={"epochs": 3}), tiny_data, tmp_path / "resumed", resume=True)
     with pytest.raises(ValueError, match="another network.*without --resume"):  # as is another architecture
         train_tiny(params.model_copy(update={"alpha_head": False}), tiny_data, tmp_path / "resumed", resume=True)
+    for update, name in (({"lr": 0.5}, "lr"), ({"seed": 7}, "seed"), ({"augment": {"enabled": False}}, "augment")):
+        other = params.model_copy(update=update)  # the same schedule and network, another run all the same
+        with pytest.raises(ValueError, match=f"other train params \\({name} changed\\).*without --resume"):
+            train_tiny(other, tiny_data, tmp_path / "resumed", resume=True)
+
+
+def test_a_new_run_does_not_leave_an_older_runs_checkpoint_to_resume(tiny_data, tmp_path, monkeypatch):
+    """Run A finishes; run B (other params) is killed before its first checkpoint: `--resume` must not
+    find A's checkpoint (it would say 'already finished' and hand back A's model as B's)."""
+    import fgbg.train as train
+
+    params = tiny_train_params(tmp_path, epochs=1)
+    train_tiny(params, tiny_data, tmp_path / "models")
+    assert (tmp_path / "models" / CHECKPOINT).exists()
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "evaluate_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(params.model_copy(update={"seed": 3}), tiny_data, tmp_path / "models")
+    mlflow.end_run()
+    assert not (tmp_path / "models" / CHECKPOINT).exists()
+
+
+def test_a_loss_that_is_not_finite_stops_training_without_saving_a_model(tiny_data, tmp_path, monkeypatch):
+    import fgbg.train as train
+
+    real_evaluate = train.evaluate_split
+    monkeypatch.setattr(train, "evaluate_split", lambda *a, **kw: real_evaluate(*a, **kw) | {"loss": float("nan")})
+    with pytest.raises(ValueError, match="epoch 1: the loss is not finite .*val nan"):
+        train_tiny(tiny_train_params(tmp_path, epochs=1), tiny_data, tmp_path / "models")
+    mlflow.end_run()
+    assert not (tmp_path / "models" / "model.pt").exists()
 
 
 def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
@@ -145,3 +180,18 @@ def test_full_size_epochs_train_the_last_epochs_at_the_datas_size_and_save_that_
     assert (loaded.epoch, loaded.input_size) == (2, 64)
     with pytest.raises(ValueError, match="full_size_epochs"):
         tiny_train_params(tmp_path, epochs=2, full_size_epochs=3)
+
+
+def test_early_stopping_never_skips_the_full_size_epochs(tiny_data, tmp_path, monkeypatch):
+    """patience 1 runs out in the small epochs (val loss 1 then 2); the full-size epoch still runs and
+    its weights are the model."""
+    import fgbg.train as train
+    from fgbg.model import load_model
+
+    losses, real_evaluate = iter([1.0, 2.0, 0.5, 0.4]), train.evaluate_split
+    monkeypatch.setattr(train, "evaluate_split", lambda *a, **kw: real_evaluate(*a, **kw) | {"loss": next(losses)})
+    params = tiny_train_params(tmp_path, epochs=3, full_size_epochs=1, patience=1)
+    result = train_tiny(params, tiny_data, tmp_path / "models")
+    assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
+    loaded = load_model(tmp_path / "models" / "model.pt", torch.device("cpu"))
+    assert (loaded.epoch, loaded.input_size) == (3, 64)

@@ -98,6 +98,9 @@ def run_train(
     start_epoch, best, stale, run_id = 1, math.inf, 0, None
     ckpt_path = out_dir / CHECKPOINT
     history_csv = Path(history_csv)
+    run_params = _resumable_params(params)
+    if not resume and lead:  # a new run: an older run's checkpoint must not be resumed into it later
+        ckpt_path.unlink(missing_ok=True)
     if resume and ckpt_path.exists():
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -114,6 +117,10 @@ def run_train(
                 f"{ckpt_path}: saved for another network (train.encoder, decoder_channels, alpha_head, "
                 f"input_skip or exact_input changed): train without --resume ({str(e).splitlines()[0]})"
             ) from None
+        changed = sorted(k for k, v in ckpt.get("params", run_params).items() if run_params.get(k) != v)
+        if changed:
+            raise ValueError(f"{ckpt_path}: saved by a run with other train params ({', '.join(changed)} changed): "
+                             "train without --resume, or put them back")  # fmt: skip
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         own = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]  # each rank its own RNGs
@@ -141,12 +148,12 @@ def run_train(
 
     last_state = None  # the newest checkpoint's contents, marked finished at the end
     for epoch in range(start_epoch, params.epochs + 1):
-        if stale >= params.patience:
-            break
         train_set.epoch = epoch
         size = params.size_at(epoch)
         if epoch > 1 and size != params.size_at(epoch - 1):  # val losses at two sizes do not compare:
             best, stale = math.inf, 0  # the best weights are chosen among the full-size epochs
+        if stale >= params.patience and size == params.size_at(params.epochs):  # never skips the full-size epochs
+            break
         model.train()
         loss_sum = torch.zeros((), device=device)  # summed on the device: no GPU sync per step
         bar = tqdm(
@@ -176,6 +183,9 @@ def run_train(
             history.append(row)
             _write_history(history, history_csv)
             log(json.dumps({k: round(x, 5) if isinstance(x, float) else x for k, x in row.items()}))
+            if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
+                raise ValueError(f"epoch {epoch}: the loss is not finite (train {row['train_loss']}, val "
+                                 f"{row['val_loss']}): lower train.lr or check the data; no model saved")  # fmt: skip
             tracker.epoch(row, val["sheet"])
             if val["loss"] < best:
                 best, stale = val["loss"], 0
@@ -186,7 +196,7 @@ def run_train(
         if lead:
             last_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                           "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
-                          "mlflow_run_id": tracker.run_id}  # fmt: skip
+                          "mlflow_run_id": tracker.run_id, "params": run_params}  # fmt: skip
             save_atomic(last_state, ckpt_path)
         if world > 1:
             shared = [best, stale, history]
@@ -202,6 +212,13 @@ def run_train(
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"history": history, "mlflow_run_id": run_id}
+
+
+def _resumable_params(params: TrainParams) -> dict:
+    """The train params a resumed run must share with the run it continues (all but where it runs
+    and how it is tracked: device, workers, compile, mlflow), as comparable JSON values."""
+    dumped = params.model_dump(mode="json", exclude={"device", "workers", "compile", "mlflow"})
+    return {k: json.dumps(v, sort_keys=True) for k, v in dumped.items()}
 
 
 def _batches(dataset: ShardSamples, params: TrainParams, device: torch.device):
