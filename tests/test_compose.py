@@ -236,6 +236,45 @@ def test_changed_params_rebuild_and_remove_stale_shards(tiny_prepared, tmp_path)
     assert not list(out.rglob("*.tmp")) and not (out / ".journal.jsonl").exists()
 
 
+def test_changed_code_rebuilds_the_persisted_shards(tiny_prepared, tiny_composites, tmp_path, monkeypatch):
+    """The shards persist between runs (dvc.yaml `persist: true`) and are reused when their
+    fingerprint matches; DVC reruns the stage after a code change, so the stage's source must be in
+    the fingerprint or the old code's shards would be kept."""
+    import shutil
+
+    import fgbg.compose
+    import fgbg.shards
+
+    out = tmp_path / "c"
+    shutil.copytree(tiny_composites, out)
+    real_encode = fgbg.compose.encode_jpeg  # "the new code": another JPEG quality
+    monkeypatch.setattr(fgbg.compose, "encode_jpeg", lambda img, quality, bgr=False: real_encode(img, 20, bgr=bgr))
+    code = tmp_path / "fgbg"
+    shutil.copytree(fgbg.shards.PACKAGE, code)
+    monkeypatch.setattr(fgbg.shards, "PACKAGE", code)
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out)  # the same source: shards reused
+    assert _shard_bytes(out) == _shard_bytes(tiny_composites)
+    (code / "images.py").write_text((code / "images.py").read_text() + "\n# edited\n")  # compose imports it
+    run_compose(TINY_COMPOSE, TINY_SPLIT, tiny_prepared, out)
+    new, old = _shard_bytes(out), _shard_bytes(tiny_composites)
+    shards = [name for name in old if name.endswith(".tar")]
+    assert shards and all(new[name] != old[name] for name in shards)  # every shard rebuilt
+
+
+def test_a_stages_code_fingerprint_follows_the_modules_it_runs(tmp_path, monkeypatch):
+    import shutil
+
+    import fgbg.shards
+    from fgbg.shards import code_fingerprint
+
+    code = tmp_path / "fgbg"
+    shutil.copytree(fgbg.shards.PACKAGE, code)
+    monkeypatch.setattr(fgbg.shards, "PACKAGE", code)
+    before = {stage: code_fingerprint(stage) for stage in ("compose", "depth")}
+    (code / "teacher.py").write_text((code / "teacher.py").read_text() + "\n# edited\n")  # depth's, not compose's
+    assert code_fingerprint("compose") == before["compose"] and code_fingerprint("depth") != before["depth"]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_placed_png_is_a_valid_png_of_the_canvas(seed):
     """The compose stage's own PNG writer (no canvas, zero rows as precomputed blocks, checksum

@@ -56,6 +56,14 @@ def test_fg_is_never_behind_the_bg_it_covers():
         assert (region[mask] >= bg[y + cy, x + cx]).all()
 
 
+def test_an_fg_whose_mask_vanished_leaves_the_bg_depth_as_it_is():
+    """compose may shrink a thin fg until no pixel reaches alpha 0.5: an empty mask stands nowhere
+    (it raised IndexError in the depth stage)."""
+    bg = np.arange(64, dtype=np.uint16).reshape(8, 8) * 100
+    out = paste_depth(bg, np.zeros((3, 3), bool), 2, 2)
+    assert np.array_equal(out, bg) and out is not bg
+
+
 def test_depth_encoding_is_inverse_near_bright_and_round_trips():
     d = np.array([0.5, 1.0, 2.0, 10.0, 200.0, np.inf])
     v = metric_to_inverse_u16(d)

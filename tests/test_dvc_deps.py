@@ -4,40 +4,16 @@ stages it touches and no dep can drift as modules gain imports."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import yaml
 
+from fgbg.shards import fgbg_imports, module_closure
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "src" / "fgbg"
 # the module each `fgbg <command>` stage runs; cli.py itself only parses options and calls it
 STAGE_MODULES = {"synth": "synth", "prepare": "prepare", "compose": "compose", "depth": "depth", "stats": "stats",
                  "train": "train", "evaluate": "evaluate", "check-captures": "captures"}  # fmt: skip
-
-
-def fgbg_imports(module: str) -> set[str]:
-    """fgbg modules `module` imports anywhere in its body (top level or inside functions)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fgbg"):
-            names = [node.module] if node.module != "fgbg" else [f"fgbg.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names if a.name.startswith("fgbg.")]
-        found.update(n.split(".")[1] for n in names)
-    return found
-
-
-def closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(fgbg_imports(m) - seen)
-    return seen
 
 
 def stage_code_deps(stage: dict) -> set[str]:
@@ -49,7 +25,7 @@ def test_every_stage_lists_exactly_the_modules_it_runs():
     problems = []
     for name, spec in stages.items():
         module = STAGE_MODULES[name]
-        want = {f"src/fgbg/{m}.py" for m in closure(module)}
+        want = {f"src/fgbg/{m}.py" for m in module_closure(module)}
         got = stage_code_deps(spec)
         if got != want:
             problems.append(f"{name}: missing {sorted(want - got)}, not run {sorted(got - want)}")
@@ -60,4 +36,4 @@ def test_every_stage_lists_exactly_the_modules_it_runs():
 def test_the_import_walk_sees_function_level_imports():
     # cli imports every stage module inside its commands only; the walk must see them
     assert {"synth", "compose", "train", "config"} <= fgbg_imports("cli")
-    assert "config" in closure("synth") and "images" in closure("synth")
+    assert "config" in module_closure("synth") and "images" in module_closure("synth")

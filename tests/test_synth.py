@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import TINY_SYNTH
 
 from fgbg.convention import inverse_u16_to_metric
@@ -42,3 +43,36 @@ def test_foreground_sprites_have_soft_alpha_and_a_solid_body():
         assert (a == 255).sum() > 200  # a solid body
         assert ((a > 0) & (a < 255)).sum() > 20  # anti-aliased edge
         assert a[0].max() == 0 and a[-1].max() == 0  # transparent margin (prepare trims it)
+
+
+def test_a_sprites_soft_edge_keeps_the_colour_of_its_body():
+    """Edge pixels (0 < alpha < 128) are the body's colour, only more transparent: their brightness
+    is that of the opaque pixels beside them (a dark rim would be pasted into every composite)."""
+    import cv2
+
+    ratios = []
+    for i in range(3):
+        rgba, _ = render_foreground(0, i, 96)
+        rgb, a = rgba[..., :3].astype(np.float32), rgba[..., 3]
+        opaque = (a == 255).astype(np.float32)
+        near = np.ones((7, 7), np.float32)
+        neighbours = (
+            cv2.filter2D(rgb * opaque[..., None], -1, near)
+            / np.maximum(cv2.filter2D(opaque, -1, near), 1e-6)[..., None]
+        )
+        edge = (a > 0) & (a < 128) & (cv2.filter2D(opaque, -1, near) > 0)
+        ratios.append(rgb[edge].sum() / neighbours[edge].sum())
+    assert min(ratios) > 0.85, ratios  # ~0.57 when the colour was multiplied by alpha twice
+
+
+def test_a_pixels_depth_is_over_the_rays_its_colour_averages():
+    """A wall edge inside a pixel: its depth is the mean inverse depth of the 2×2 rays that hit,
+    and sky only where most of them see sky."""
+    from fgbg.synth import _FAR, SUPERSAMPLE, _pixel_depth
+
+    assert SUPERSAMPLE == 2
+    t = np.array([[2.0, 4.0, _FAR, _FAR],
+                  [2.0, 4.0, 5.0, _FAR]])  # fmt: skip
+    depth = _pixel_depth(np.vstack([t, t]), 2)  # 4×4 rays → 2×2 pixels, both rows alike
+    assert depth[0, 0] == pytest.approx(4 / (1 / 2 + 1 / 4 + 1 / 2 + 1 / 4))  # not the corner ray's 2 m
+    assert np.isinf(depth[0, 1])  # 1 of its 4 rays hits the wall: sky, as its colour mostly is

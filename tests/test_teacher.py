@@ -43,6 +43,23 @@ def test_teacher_loads_from_a_local_folder_offline_and_predicts_at_input_size(ti
     assert u16.dtype == np.uint16 and (u16.min(axis=(1, 2)) == 0).all() and (u16.max(axis=(1, 2)) == 65535).all()
 
 
+def test_a_teacher_whose_processor_does_not_normalise_reads_pixels_as_they_are(tmp_path, monkeypatch):
+    """GLPN (a supported teacher) ships a processor without image_mean / image_std: it takes pixels
+    on [0, 1] unnormalised, and loading it must not fail on the missing statistics."""
+    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32],
+                        num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16, sr_ratios=[8, 4, 2, 1])  # fmt: skip
+    torch.manual_seed(0)
+    GLPNForDepthEstimation(config).save_pretrained(tmp_path / "glpn")
+    GLPNImageProcessor().save_pretrained(tmp_path / "glpn")
+    teacher = DepthTeacher(str(tmp_path / "glpn"), resolution=64, device="cpu")
+    assert teacher.mean.flatten().tolist() == [0, 0, 0] and teacher.std.flatten().tolist() == [1, 1, 1]
+    out = teacher.predict(torch.randint(0, 256, (2, 40, 52, 3), dtype=torch.uint8))
+    assert out.maps.shape == (2, 40, 52) and torch.isfinite(out.maps).all()
+
+
 @pytest.mark.parametrize("path_kind", ["missing", "broken"])
 def test_missing_or_broken_model_path_is_a_clear_error(tmp_path, path_kind, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -37,6 +37,7 @@ from fgbg.shards import (
     ShardTask,
     ShardWriter,
     build_shards,
+    code_fingerprint,
     fingerprint_of,
     finish_stage,
     folder_fingerprint,
@@ -221,6 +222,7 @@ def run_compose(
     tasks = shard_tasks(plan, compose.shard_size)
     fingerprint = fingerprint_of(
         "compose-v2",
+        code_fingerprint("compose"),
         compose.model_dump(exclude={"jobs", "preview_samples"}),
         split.model_dump(),
         folder_fingerprint(prepared_dir),

@@ -31,6 +31,7 @@ from fgbg.shards import (
     ShardTask,
     ShardWriter,
     build_shards,
+    code_fingerprint,
     fingerprint_of,
     finish_stage,
     folder_fingerprint,
@@ -71,6 +72,8 @@ def paste_depth(bg_depth: np.ndarray, mask: np.ndarray, x: int, y: int) -> np.nd
     bg it covers: it is never pushed behind a surface it is drawn over.
     """
     out = bg_depth.copy()
+    if not mask.any():  # an fg whose mask vanished when compose shrank it: nothing to stand anywhere
+        return out
     cy, cx = contact_point(mask)
     contact = ground_depth(bg_depth, y + cy, x + cx)
     h, w = mask.shape
@@ -229,6 +232,7 @@ def run_depth(
     names = sorted(composites["shards"])
     fingerprint = fingerprint_of(
         "depth-v2",
+        code_fingerprint("depth"),
         params.model_dump(exclude={"jobs", "preview_samples"}),
         _teacher_fingerprint(params),
         composites["fingerprint"],

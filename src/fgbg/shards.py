@@ -7,6 +7,7 @@ headers carry no time, user or host, so the same samples give the same bytes on 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -405,6 +406,44 @@ def fingerprint_of(*parts: Any) -> str:
     """A stable hash of JSON-able parts (params, input checksums)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def fgbg_imports(module: str) -> set[str]:
+    """The fgbg modules `module` imports anywhere in its body (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fgbg"):
+            names = [node.module] if node.module != "fgbg" else [f"fgbg.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("fgbg.")]
+        found.update(n.split(".")[1] for n in names)
+    return found
+
+
+def module_closure(module: str) -> set[str]:
+    """`module` and every fgbg module it imports, transitively: the code a stage runs (dvc.yaml's
+    code deps of the stage, which tests/test_dvc_deps.py derives from this)."""
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(fgbg_imports(m) - seen)
+    return seen
+
+
+def code_fingerprint(module: str) -> str:
+    """A hash of the source a stage runs. Its shards are persisted across runs and reused when their
+    fingerprint matches, so without it a rerun after a code change (which DVC starts because a code
+    dep changed) would keep every shard the old code wrote."""
+    digest = hashlib.sha256()
+    for m in sorted(module_closure(module)):
+        digest.update(m.encode() + b"\0" + (PACKAGE / f"{m}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -169,8 +169,19 @@ def render_background(seed: int, index: int, size: int) -> tuple[np.ndarray, np.
 
     rgb = _shade(hits, d, rng, scene)
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    depth = np.where(hits.t[::SUPERSAMPLE, ::SUPERSAMPLE] >= _FAR, np.inf, hits.t[::SUPERSAMPLE, ::SUPERSAMPLE])
+    depth = _pixel_depth(hits.t, size)
     return np.clip(rgb, 0, 255).round().astype(np.uint8), depth, scene
+
+
+def _pixel_depth(t: np.ndarray, size: int) -> np.ndarray:
+    """Metres per output pixel from the supersampled rays, over the same sub-rays its colour
+    averages: the mean inverse depth of those that hit something, sky (inf) where most of them do
+    not (the rule of fgbg.data.resize_depth). One corner ray per pixel put depth ¼ px off the colour."""
+    rays = t.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE)
+    hit = rays < _FAR
+    inverse = np.where(hit, 1.0 / np.where(hit, rays, 1.0), 0.0).sum(axis=(1, 3))
+    hits = hit.sum(axis=(1, 3))
+    return np.where(hits * 2 >= SUPERSAMPLE**2, hits / np.maximum(inverse, 1e-300), np.inf)
 
 
 def _palette(rng: np.random.Generator, base, spread: float = 25.0) -> np.ndarray:
@@ -328,9 +339,9 @@ def render_foreground(seed: int, index: int, size: int) -> tuple[np.ndarray, str
         shade = 1.05 - 0.3 * ys[..., None]
         rgb = rgb * (1 - cover[..., None]) + colour * shade * cover[..., None]
         alpha = alpha + cover * (1 - alpha)
-    rgba = np.concatenate([rgb, alpha[..., None] * 255], axis=-1).astype(np.float32)
-    # downsample with premultiplied colour so the soft edge keeps the object's colour
-    premult = np.concatenate([rgba[..., :3] * alpha[..., None], rgba[..., 3:]], axis=-1).astype(np.float32)
+    # rgb is premultiplied already (each part drawn "over" with its coverage): downsampled as it is,
+    # the soft edge keeps the object's colour (multiplied by alpha again, edges came out ~40 % darker)
+    premult = np.concatenate([rgb, alpha[..., None] * 255], axis=-1).astype(np.float32)
     small = cv2.resize(premult, (size, size), interpolation=cv2.INTER_AREA)
     a = small[..., 3:]
     colour = np.where(a > 0, small[..., :3] / np.maximum(a / 255, 1e-6), 0)

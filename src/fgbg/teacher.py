@@ -58,6 +58,9 @@ class DepthTeacher:
             mean, std = processor.image_mean, processor.image_std
         except Exception:  # no processor saved with the model: ImageNet statistics
             mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+        else:  # a model that takes [0, 1] pixels as they are (GLPN's processor has no mean at all)
+            if not getattr(processor, "do_normalize", True) or mean is None or std is None:
+                mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
         cfg = self.model.config
         self.metric = cfg.model_type in METRIC_MODEL_TYPES or getattr(cfg, "depth_estimation_type", "") == "metric"
         multiple = getattr(cfg, "patch_size", None) or getattr(getattr(cfg, "backbone_config", None), "patch_size", 32)
