@@ -183,6 +183,21 @@ def test_exif_rotation_is_applied(tmp_path):
     assert rgb[:, 30:, 0].mean() > 200 and rgb[:, :10, 0].mean() < 50
 
 
+@pytest.mark.parametrize("size", [48, 96])  # shrunk (area) and enlarged (bilinear)
+def test_a_supplied_depth_map_is_resized_without_blending_sky_into_the_ground(size):
+    """A wall (20 m) under the sky (0): after the resize every pixel is the wall's value or sky,
+    never a made-up depth between them along the skyline."""
+    from fgbg.convention import metric_to_inverse_u16
+    from fgbg.prepare import resize_depth_cover_crop
+
+    wall = int(metric_to_inverse_u16(np.array([[20.0]]))[0, 0])
+    depth = np.zeros((64, 80), np.uint16)
+    depth[27:] = wall  # the skyline between two rows of the output
+    out = resize_depth_cover_crop(depth, size)
+    assert out.shape == (size, size) and set(np.unique(out).tolist()) == {0, wall}
+    assert abs((out > 0).mean() - 37 / 64) < 1.5 / size  # the sky keeps its share of the frame
+
+
 def test_bg_depth_of_the_wrong_size_rejects_that_bg(tiny_raw, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(tiny_raw, raw)

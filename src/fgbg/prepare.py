@@ -88,8 +88,19 @@ def prepare_bg(path: Path, params: PrepareParams, depth_dir: Path | None):
     depth = None
     if depth_dir is not None:
         depth = _load_bg_depth(depth_dir, path.stem, rgb.shape[:2])
-        depth = resize_cover_crop(depth, params.image_size)
+        depth = resize_depth_cover_crop(depth, params.image_size)
     return resize_cover_crop(rgb, params.image_size), depth, raw.notes
+
+
+def resize_depth_cover_crop(depth: np.ndarray, size: int) -> np.ndarray:
+    """A bg's 16-bit inverse depth cut like its image (resize_cover_crop), averaged over the pixels
+    that have depth only: sky (0) where most of a pixel is sky, and never blended into the ground
+    (a plain resize made up a depth between the skyline and the sky)."""
+    has_depth = (depth > 0).astype(np.float32)
+    total = resize_cover_crop(depth.astype(np.float32) * has_depth, size)
+    share = resize_cover_crop(has_depth, size)
+    mean = total / np.maximum(share, 1e-6)
+    return np.where(share >= 0.5, np.clip(np.round(mean), 1, 65535), 0).astype(np.uint16)
 
 
 DEPTH_SUFFIXES = (".png", ".npy")
