@@ -76,3 +76,14 @@ def test_a_pixels_depth_is_over_the_rays_its_colour_averages():
     depth = _pixel_depth(np.vstack([t, t]), 2)  # 4×4 rays → 2×2 pixels, both rows alike
     assert depth[0, 0] == pytest.approx(4 / (1 / 2 + 1 / 4 + 1 / 2 + 1 / 4))  # not the corner ray's 2 m
     assert np.isinf(depth[0, 1])  # 1 of its 4 rays hits the wall: sky, as its colour mostly is
+
+
+def test_a_smaller_rerun_leaves_only_its_own_files(tmp_path):
+    """`fgbg synth` with fewer bgs / fgs than the last run into the same folder: prepare reads the
+    folder, so the earlier run's extra images must go."""
+    from fgbg.config import SynthParams
+
+    run_synth(SynthParams(n_bg=3, n_fg=3, bg_size=32, fg_size=32), tmp_path)
+    index = run_synth(SynthParams(n_bg=2, n_fg=1, bg_size=32, fg_size=32), tmp_path)
+    for folder, entries in (("bg", index["bg"]), ("bg_depth", index["bg"]), ("fg", index["fg"])):
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == sorted(e["file"] for e in entries)

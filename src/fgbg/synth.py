@@ -368,4 +368,10 @@ def run_synth(params: SynthParams, out_dir: Path) -> dict:
         atomic_write_bytes(out_dir / "fg" / name, encode_png(rgba, 6))
         index["fg"].append({"file": name, "kind": kind})
     atomic_write_bytes(out_dir / "index.json", json.dumps(index, indent=1).encode() + b"\n")
+    written = {("bg", e["file"]) for e in index["bg"]} | {("bg_depth", e["file"]) for e in index["bg"]}
+    written |= {("fg", e["file"]) for e in index["fg"]}
+    for folder in ("bg", "bg_depth", "fg"):  # an earlier run's extra files would be read by prepare
+        for path in (out_dir / folder).glob("*.png"):
+            if (folder, path.name) not in written:
+                path.unlink()
     return index
