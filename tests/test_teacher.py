@@ -191,3 +191,15 @@ def test_metric_conversion_matches_the_projects_fixed_range():
     metres = np.geomspace(0.5, 400, 50).reshape(1, 5, 10)
     got = to_inverse_u16(torch.from_numpy(metres).float(), metric=True).astype(int)
     assert np.abs(got - metric_to_inverse_u16(metres).astype(int)).max() <= 2
+
+
+def test_teacher_depth_from_another_device_is_another_run(tiny_teacher, monkeypatch):
+    """bf16 on CUDA and float32 on the CPU give other bytes: `device: auto` resolved on a GPU machine
+    and on a CPU one must not share a fingerprint (parts of both would be merged as one run)."""
+    params = teacher_params(tiny_teacher, "compose").teacher.model_copy(update={"device": "auto"})
+    params = teacher_params(tiny_teacher, "compose").model_copy(update={"teacher": params})
+    fingerprints = set()
+    for kind in ("cpu", "cuda"):
+        monkeypatch.setattr(depth_module, "resolve_device", lambda device, kind=kind: torch.device(kind))
+        fingerprints.add(depth_module._teacher_fingerprint(params))
+    assert len(fingerprints) == 2
