@@ -195,3 +195,11 @@ def test_early_stopping_never_skips_the_full_size_epochs(tiny_data, tmp_path, mo
     assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
     loaded = load_model(tmp_path / "models" / "model.pt", torch.device("cpu"))
     assert (loaded.epoch, loaded.input_size) == (3, 64)
+
+
+def test_the_history_logs_the_rate_each_epochs_last_step_took(tiny_data, tmp_path):
+    """One-cycle ends at max_lr / (25 · 10⁴) on the last step; the logged rate is that step's, not
+    the one after the schedule's end."""
+    params = tiny_train_params(tmp_path, epochs=2)
+    history = train_tiny(params, tiny_data, tmp_path / "models")["history"]
+    assert history[-1]["lr"] == pytest.approx(params.lr / 25 / 1e4)

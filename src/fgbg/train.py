@@ -166,6 +166,7 @@ def run_train(
             loss, _ = total_loss(out, batch, params.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            lr = sched.get_last_lr()[0]  # the rate this step takes (after sched.step, the next one's)
             opt.step()
             sched.step()
             loss_sum += loss.detach()
@@ -179,7 +180,7 @@ def run_train(
             )
             row = {"epoch": epoch, "train_loss": float(loss_sum) / steps, "val_loss": val["loss"],
                    "val_iou": val["iou"], "val_delta1": val["delta1"], "val_absrel": val["absrel"],
-                   "lr": sched.get_last_lr()[0]}  # fmt: skip
+                   "lr": lr}  # fmt: skip
             history.append(row)
             _write_history(history, history_csv)
             log(json.dumps({k: round(x, 5) if isinstance(x, float) else x for k, x in row.items()}))
