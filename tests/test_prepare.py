@@ -250,6 +250,21 @@ def test_fg_without_alpha_is_cut_from_its_plain_background(colour, noise):
     assert ((alpha > 0) & (alpha < 255)).any()  # soft edge
 
 
+def test_a_cut_out_fgs_soft_edge_takes_the_objects_colour_not_the_studios():
+    """A blue object cut from white: the blurred alpha reaches into white pixels; pasted on black,
+    that rim must be a fainter blue, not a grey ring of studio white."""
+    from fgbg.images import object_colour_at_soft_edge
+
+    img, _ = on_plain((255, 255, 255))
+    rgb = np.asarray(img)
+    alpha = extract_object_alpha(rgb, threshold=40, kernel=5)
+    rim = (alpha > 0) & (alpha < 128)
+    assert rim.sum() > 20 and (rgb[rim] == 255).all(axis=1).mean() > 0.9  # the precondition: studio white
+    fixed = object_colour_at_soft_edge(rgb, alpha)
+    assert (fixed[rim] == (40, 90, 160)).all()  # the object's colour, faded by its alpha when pasted
+    assert (fixed[~rim] == rgb[~rim]).all()
+
+
 def test_fg_without_alpha_becomes_rgba_in_prepare_or_is_rejected_on_request(tmp_path):
     raw = tmp_path / "raw"
     (raw / "bg").mkdir(parents=True)

@@ -335,6 +335,21 @@ def extract_object_alpha(rgb: np.ndarray, threshold: float, kernel: int) -> np.n
     return cv2.GaussianBlur(mask, (3, 3), 0)
 
 
+def object_colour_at_soft_edge(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """rgb with the soft edge's outer half (0 < alpha < 0.5, the plain background's own pixels in a
+    cut-out photo) given the mean colour of the object pixels beside it: pasted, that rim then
+    fades the object into the new scene instead of carrying the studio colour (a grey or white
+    ring on a dark bg)."""
+    body = (alpha >= MASK_THRESHOLD).astype(np.float32)
+    around = np.ones((3, 3), np.float32)
+    weight = cv2.filter2D(body, -1, around, borderType=cv2.BORDER_CONSTANT)
+    colour = cv2.filter2D(rgb.astype(np.float32) * body[..., None], -1, around, borderType=cv2.BORDER_CONSTANT)
+    rim = (alpha > 0) & (alpha < MASK_THRESHOLD) & (weight > 0)
+    out = rgb.copy()
+    out[rim] = np.clip(np.round(colour[rim] / weight[rim][:, None]), 0, 255).astype(np.uint8)
+    return out
+
+
 def mask_from_alpha(alpha: np.ndarray) -> np.ndarray:
     return np.where(alpha >= MASK_THRESHOLD, np.uint8(255), np.uint8(0))
 

@@ -31,6 +31,7 @@ from fgbg.images import (
     first_line,
     load_raw_image,
     mask_from_alpha,
+    object_colour_at_soft_edge,
     resize_cover_crop,
     resize_rgba,
 )
@@ -144,7 +145,7 @@ def prepare_fg(path: Path, params: PrepareParams):
         if params.fg_without_alpha == "reject":
             raise BadImage("foreground has no alpha channel (prepare.fg_without_alpha: reject)")
         alpha = extract_object_alpha(rgba, params.extract_threshold, params.extract_kernel)
-        rgba = np.dstack([rgba, alpha])
+        rgba = np.dstack([object_colour_at_soft_edge(rgba, alpha), alpha])
         raw.notes.append("no alpha channel: object cut from its plain background")
     box = alpha_bbox(rgba[..., 3] >= 8)
     if box is None or not mask_from_alpha(rgba[..., 3]).any():
