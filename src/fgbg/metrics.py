@@ -47,7 +47,7 @@ def mask_metrics(pred: torch.Tensor, gt: torch.Tensor, tolerance: int = 2) -> di
 
 def depth_metrics(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
     """pred, gt: B×1×H×W inverse depth on [0, 1] → per-sample AbsRel, RMSE (m), δ1–3, SSIM. A sample
-    with no pixel that is not sky has no AbsRel, RMSE or δ: NaN, which the means skip (`nanmean`)."""
+    with no pixel that is not sky has no AbsRel, RMSE or δ: NaN, which the split means leave out."""
     valid = (gt >= DEPTH_VALID_MIN).float()
     count = valid.flatten(1).sum(1)
     n = torch.where(count > 0, count, torch.nan)
