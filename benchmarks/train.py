@@ -1,14 +1,15 @@
 """Training throughput: end to end from shards vs the model-only ceiling on synthetic tensors.
 
-    python benchmarks/train.py --data /tmp/bench --steps 10 --batch-size 16          # CPU, quick
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment  # + capture augmentation
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --image-size 128  # as cpu-quality
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --input-skip  # the train.input_skip model
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input  # + exact-pair norms
-    python benchmarks/train.py --data data --encoder resnet18 --steps 32 --augment --exact-input --clean-by sample
-    python benchmarks/train.py --data data --encoder resnet18 --steps 10 --augment --exact-input --exact-convs
-    python benchmarks/train.py --data /tmp/bench --steps 200 --batch-size 256 --workers 14 --compile   # GPU
+    python benchmarks/train.py --data data --steps 10                  # params.yaml's model, quick
+    python benchmarks/train.py --params presets/cpu-quality.yaml --data data --steps 32 --warmup 2 --augment
+    python benchmarks/train.py --data data --steps 10 --input-skip     # the train.input_skip model
+    python benchmarks/train.py --data data --steps 32 --augment --clean-by sample   # mixed batches
+    python benchmarks/train.py --data data --steps 10 --augment --exact-convs
+    python benchmarks/train.py --params presets/seed-scale.yaml --data /tmp/bench --steps 200 --batch-size 256 \
+        --workers 14 --compile --augment                                # GPU
 
+The model, training size, batch, flip and augmentation are `--params`' train section (default
+params.yaml: what `fgbg train` would build); each flag given overrides its key.
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
 Both loops run the same step (forward, loss, backward, AdamW; bf16 + channels_last on CUDA); the
 ratio says how much of the ceiling the data pipeline lets through. With --augment, the cost of the
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from fgbg.augment import CaptureAugment
-from fgbg.config import TrainParams, resolve_device
+from fgbg.config import TrainParams, load_params, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
 from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
@@ -66,21 +67,34 @@ def interleaved(step, batches, augment, steps: int, device, rounds: int) -> floa
     return seconds[False] / seconds[True]
 
 
+def bench_params(params: TrainParams, args: argparse.Namespace) -> TrainParams:
+    """The params file's train section with the flags given on the command line put over it."""
+    flags = {"encoder": args.encoder, "batch_size": args.batch_size, "workers": args.workers,
+             "image_size": args.image_size, "input_skip": args.input_skip, "exact_input": args.exact_input,
+             "exact_convs": args.exact_convs}  # fmt: skip
+    merged = params.model_dump() | {k: v for k, v in flags.items() if v is not None}
+    if args.clean_by:
+        merged["augment"]["clean_by"] = args.clean_by
+    return TrainParams.model_validate(merged)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--encoder", default="resnet34")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="its train section is the default")
+    ap.add_argument("--encoder", help="train.encoder")
+    ap.add_argument("--batch-size", type=int, help="train.batch_size")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, help="train.workers")
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--augment", action="store_true", help="also end to end with train.augment's defaults on")
-    ap.add_argument("--image-size", type=int, default=0, help="train.image_size: shrink, then perturb (0: the data's)")
-    ap.add_argument("--input-skip", action="store_true", help="the model with train.input_skip")
-    ap.add_argument("--exact-input", action="store_true", help="train.exact_input (splits with --augment)")
-    ap.add_argument("--exact-convs", action="store_true", help="train.exact_convs (with --exact-input)")
-    ap.add_argument("--clean-by", choices=("sample", "batch"), default="batch", help="train.augment.clean_by")
+    ap.add_argument("--augment", action="store_true", help="also end to end with train.augment on")
+    ap.add_argument("--image-size", type=int, help="train.image_size: shrink, then perturb (0: the data's)")
+    on_off = argparse.BooleanOptionalAction
+    ap.add_argument("--input-skip", action=on_off, help="train.input_skip")
+    ap.add_argument("--exact-input", action=on_off, help="train.exact_input (splits with --augment)")
+    ap.add_argument("--exact-convs", action=on_off, help="train.exact_convs (with --exact-input)")
+    ap.add_argument("--clean-by", choices=("sample", "batch"), help="train.augment.clean_by")
     ap.add_argument(
         "--progress",
         type=float,
@@ -88,16 +102,7 @@ def main() -> None:
         help="training progress the augmentation is drawn at (≥ shapes.start: shapes pasted, as in 60 %% of steps)",
     )
     args = ap.parse_args()
-
-    params = TrainParams(
-        encoder=args.encoder,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        input_skip=args.input_skip,
-        exact_input=args.exact_input,
-        exact_convs=args.exact_convs,
-        augment={"clean": 0.5 if args.exact_input else 0.0, "clean_by": args.clean_by},
-    )
+    params = bench_params(load_params(args.params).train, args)
     device = resolve_device("auto")
     model = MaskDepthNet(build_model(params), Normaliser(*[[0.5] * 3, [0.25] * 3] * 2)).to(device)
     if device.type == "cuda":
@@ -106,6 +111,7 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
 
     augment = CaptureAugment(params.augment, seed=0)
+    flip = torch.Generator().manual_seed(0) if params.augment_flip else None
 
     def step(batch: Batch) -> None:
         out = infer(net, batch.bg, batch.fg_bg, batch.exactness())  # as train does
@@ -116,10 +122,10 @@ def main() -> None:
 
     train_set = ShardSamples(args.data / "composites", args.data / "depth", "train", shuffle=True, verify=False)
     bgs = bg_table(args.data / "prepared", device)
-    size = args.image_size or bgs.shape[-1]
+    size = params.image_size or bgs.shape[-1]
 
     def synthetic():
-        b = args.batch_size
+        b = params.batch_size
         while True:
             mask = (torch.rand(b, 1, size, size, device=device) > 0.9).float()
             yield Batch(torch.rand(b, 3, size, size, device=device), torch.rand(b, 3, size, size, device=device),
@@ -127,20 +133,22 @@ def main() -> None:
 
     def from_shards():
         while True:
-            for raw in make_loader(train_set, args.batch_size, args.workers, device):
-                yield to_device(raw, bgs, device, size, None)  # shrunk as train does, before any perturbation
+            for raw in make_loader(train_set, params.batch_size, params.workers, device):
+                yield to_device(raw, bgs, device, size, flip)  # shrunk and mirrored as train does, then perturbed
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    exact = " + exact-pair norms" + (" and convs" if args.exact_convs else "") if args.exact_input else ""
-    print(f"device: {name}; UNet-{args.encoder}{' + input skip' if args.input_skip else ''}{exact} at {size}x{size}, "
-          f"batch {args.batch_size}, {'compiled' if args.compile else 'eager'}, {args.workers} workers")  # fmt: skip
-    ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, args.batch_size, device)
+    exact = " + exact-pair norms" + (" and convs" if params.exact_convs else "") if params.exact_input else ""
+    skip = " + input skip" if params.input_skip else ""
+    print(f"device: {name}; {args.params}: UNet-{params.encoder} decoder {params.decoder_channels}{skip}{exact} "
+          f"at {size}x{size}, clean_by {params.augment.clean_by}, batch {params.batch_size}, "
+          f"{'compiled' if args.compile else 'eager'}, {params.workers} workers")  # fmt: skip
+    ceiling = timed_steps(step, synthetic(), args.warmup, args.steps, params.batch_size, device)
     print(f"model-only ceiling (synthetic tensors): {ceiling:,.1f} samples/s")
-    e2e = timed_steps(step, from_shards(), args.warmup, args.steps, args.batch_size, device)
+    e2e = timed_steps(step, from_shards(), args.warmup, args.steps, params.batch_size, device)
     print(f"end to end from shards: {e2e:,.1f} samples/s ({e2e / ceiling:.0%} of the ceiling)")
     if args.augment:
         augmented = (augment(b, args.progress) for b in from_shards())
-        aug = timed_steps(step, augmented, args.warmup, args.steps, args.batch_size, device)
+        aug = timed_steps(step, augmented, args.warmup, args.steps, params.batch_size, device)
         print(f"end to end with capture augmentation: {aug:,.1f} samples/s ({aug / e2e:.1%} of without)")
         rounds = 8
         ratio = interleaved(step, from_shards(), lambda b: augment(b, args.progress), args.steps, device, rounds)

@@ -45,6 +45,16 @@ def test_missing_params_file_is_a_clear_error(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
+def test_unreadable_params_files_name_the_file(tmp_path):
+    """A folder or a binary file passed as -p is one line naming it (the CLI's exit 2), not a traceback."""
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"train:\n  lr: \xff\xfe\n")
+    for path, message in [(tmp_path, "cannot read the params file"), (binary, "not a UTF-8 text file")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            load_params(path)
+        assert str(err.value).startswith(str(path))
+
+
 @pytest.mark.parametrize("name", ["params.yaml", "presets/tiny.yaml", "presets/seed-scale.yaml"])
 def test_shipped_params_and_presets_are_valid(name):
     params = load_params(ROOT / name)

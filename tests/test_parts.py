@@ -74,11 +74,15 @@ def test_part_parsing_and_every_scheduler_environment():
     assert resolve_part(None, env={"RANK": "1", "WORLD_SIZE": "2"}) == Part(1, 2, TORCHRUN)
     assert resolve_part(None, env={"RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: the whole stage
     assert resolve_part("all", env=slurm) is None and resolve_part("0/2", env=slurm) == Part(0, 2)
+    resubmitted = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "1"}
+    assert resolve_part(None, env=resubmitted | {"FGBG_PARTS": "8"}) == Part(3, 8, "SLURM_ARRAY_TASK_ID / FGBG_PARTS")
     for bad, message in [
         (lambda: parse_part("4/4"), "need 0 ≤ I < N"),
         (lambda: parse_part("1-4"), "expected I/N"),
         (lambda: resolve_part(None, env={"JOB_COMPLETION_INDEX": "1"}), "--parts N or $FGBG_PARTS"),
         (lambda: resolve_part(None, env={"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "2"}), "whole number"),
+        (lambda: resolve_part(None, 4, env={}), "--parts 4 numbers a Kubernetes"),  # not silently the whole stage
+        (lambda: resolve_part("1/4", 8, env={"JOB_COMPLETION_INDEX": "1"}), "--part 1/4 already says"),
     ]:
         with pytest.raises(ValueError, match=message.replace("$", r"\$")):
             bad()
@@ -220,7 +224,12 @@ def test_launchers_run_their_bodies_then_finish_commits_and_pushes_to_dvc(tmp_pa
         run(["bash", "-n", str(script)], tmp_path, env)
     submit = {**env, "SLURM_SUBMIT_DIR": str(repo), "SLURM_CPUS_PER_TASK": "1"}
     for i in range(2):
-        array = {"SLURM_ARRAY_TASK_ID": str(i), "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+        array = {
+            "SLURM_ARRAY_TASK_ID": str(i),
+            "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_COUNT": "2",
+            "FGBG_PARTS": "2",
+        }  # sbatch --export=ALL,FGBG_PARTS=2 (the tiny set has 3 shards)
         assert f"part {i}/2 (from SLURM" in run(["bash", str(slurm / "compose.sbatch")], tmp_path, {**submit, **array})
     composites = repo / "data" / "composites"
     assert not (composites / "shards.json").exists()

@@ -150,6 +150,8 @@ def test_torchrun_ddp_trains_with_two_cpu_processes(tiny_data, tmp_path):
     assert not any(k.startswith("module.") for k in saved["model"])  # the bare model, not the DDP wrapper
     assert any(".exact." in k for k in saved["model"]) and saved["train_params"]["exact_input"]
     assert "train: 1 epochs" in res.stderr
+    assert (tmp_path / "ddp" / "train_history.csv").exists()  # beside the model: another --out is an experiment
+    assert not (tmp_path / "metrics" / "train_history.csv").exists()  # the tracked run's curve is left alone
     rngs = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["flip"], rngs[1]["flip"])  # each rank resumes its own
 

@@ -200,9 +200,15 @@ def train(
     p = _params(params)
     result = run_train(
         p.train, p.model_dump(include={"train", "compose", "split", "depth"}), prepared, composites, depth_dir,
-        stats_file, out, resume=resume, history_csv=METRICS / "train_history.csv", log=_log,
+        stats_file, out, resume=resume, history_csv=_history_csv(out), log=_log,
     )  # fmt: skip
     typer.echo(f"train: {len(result['history'])} epochs; MLflow run {result['mlflow_run_id']}", err=True)
+
+
+def _history_csv(out: Path) -> Path:
+    """metrics/train_history.csv (dvc.yaml's plot) for the default models/; beside the model for any
+    other --out, so an experiment does not overwrite the tracked run's curve."""
+    return METRICS / "train_history.csv" if out == MODELS else out / "train_history.csv"
 
 
 @app.command()
@@ -308,6 +314,9 @@ def mlflow_server(
     port: int = 5000,
     backend: Annotated[str, typer.Option(help="Run store.")] = "sqlite:///mlflow.db",
     artifacts: Annotated[Path, typer.Option(help="Where the server keeps artifacts.")] = Path("mlartifacts"),
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="Host names teammates reach it by, comma-separated (MLflow refuses others).")
+    ] = None,
 ) -> None:
     """Serve the MLflow tracking server and UI for the team (SQLite store, artifacts in the project).
 
@@ -319,9 +328,10 @@ def mlflow_server(
     from fgbg.tracking import quiet_telemetry
 
     quiet_telemetry()
-    cmd = ["mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination", str(artifacts.resolve()),
-           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
-    os.execvp(cmd[0], cmd)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+           "--artifacts-destination", str(artifacts.resolve()), "--host", host, "--port", str(port), "--workers", "1",
+           *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]  # fmt: skip
+    os.execv(cmd[0], cmd)
 
 
 @app.command("check-params")

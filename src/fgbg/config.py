@@ -371,6 +371,10 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # a folder, no permission
+        raise ConfigError(f"{path}: cannot read the params file ({e.strerror or e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     try:

@@ -35,8 +35,9 @@ def parse_part(text: str) -> Part | None:
 
 
 def part_from_env(env: Mapping[str, str], count: int | None = None) -> Part | None:
-    """The part a scheduler assigned this process, if any: a Slurm array task, a Kubernetes Indexed
-    Job's completion index (with `count` = --parts or $FGBG_PARTS), or a torchrun rank."""
+    """The part a scheduler assigned this process, if any: a Slurm array task (of $FGBG_PARTS parts,
+    else of the array's own task count: then a resubmitted subset would be renumbered), a Kubernetes
+    Indexed Job's completion index (with `count` = --parts or $FGBG_PARTS), or a torchrun rank."""
 
     def number(name: str) -> int:
         try:
@@ -44,6 +45,8 @@ def part_from_env(env: Mapping[str, str], count: int | None = None) -> Part | No
         except ValueError:
             raise ValueError(f"${name}={env[name]!r} is not a whole number") from None
 
+    if "SLURM_ARRAY_TASK_ID" in env and "FGBG_PARTS" in env:  # the task id is the part: resubmitting --array=3 works
+        return Part(number("SLURM_ARRAY_TASK_ID"), number("FGBG_PARTS"), "SLURM_ARRAY_TASK_ID / FGBG_PARTS")
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         first = number("SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
         index = number("SLURM_ARRAY_TASK_ID") - first
@@ -60,10 +63,18 @@ def part_from_env(env: Mapping[str, str], count: int | None = None) -> Part | No
 
 
 def resolve_part(option: str | None, count: int | None = None, env: Mapping[str, str] | None = None) -> Part | None:
-    """--part wins; without it the scheduler's environment decides; neither → the whole stage."""
+    """--part wins; without it the scheduler's environment decides; neither → the whole stage.
+    `count` (--parts) is the number of a Kubernetes Indexed Job's pods: anywhere else it is refused,
+    not ignored."""
+    env = os.environ if env is None else env
+    if count is not None and (option is not None or "JOB_COMPLETION_INDEX" not in env):
+        raise ValueError(
+            f"--parts {count} numbers a Kubernetes Indexed Job's pods ($JOB_COMPLETION_INDEX, not set here"
+            + (f"; --part {option} already says which part)" if option is not None else "); use --part I/N")
+        )
     if option is not None:
         return parse_part(option)
-    return part_from_env(os.environ if env is None else env, count)
+    return part_from_env(env, count)
 
 
 def run_in_parts(build: Callable[[Part | None], T], part: Part | None, log: Callable[[str], None] = print) -> T | None:
