@@ -69,3 +69,30 @@ def test_band_weight_zero_leaves_the_loss_as_it_was_and_an_empty_mask_costs_noth
     assert "boundary" in parts and "boundary" not in parts_off and "boundary_px" not in parts
     assert float(with_band - without) == pytest.approx(parts["boundary"], rel=1e-5)
     assert float(boundary_bce(torch.randn(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), 2)) == 0.0
+
+
+def test_each_term_compares_its_output_with_its_own_target():
+    """A perfect prediction costs ~0 in every term; spoiling one output (depth, mask or alpha) raises
+    exactly that output's terms: each term reads the right tensors, against the ground truth."""
+    m = _t(_blob())
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 48), torch.linspace(0, 1, 48), indexing="ij")
+    depth_gt = (0.2 + 0.5 * yy + 0.1 * torch.sin(6 * xx))[None, None]
+    alpha_gt = F.avg_pool2d(m, 3, 1, 1)  # a soft edge
+    rgb = torch.zeros(1, 3, 48, 48)
+    batch = Batch(rgb, rgb, m, depth_gt, alpha_gt)
+    perfect = Outputs(m * 16 - 8, depth_gt.clone(), alpha_gt.clone())
+    w = LossWeights(bce=1, dice=1, boundary=1, l1=1, ssim=1, grad=1, log_depth=1, alpha_l1=1, alpha_grad=1)
+    _, base = total_loss(perfect, batch, w)
+    assert set(base) == {"bce", "dice", "boundary", "l1", "ssim", "grad", "log_depth", "alpha_l1", "alpha_grad"}
+    assert all(v < 1e-3 for v in base.values()), base
+    spoiled = {
+        "depth": perfect._replace(depth=depth_gt * 0.7 + 0.05 * torch.cos(9 * xx)[None, None]),
+        "mask": perfect._replace(mask_logits=-perfect.mask_logits),
+        "alpha": perfect._replace(alpha=1 - alpha_gt),
+    }
+    owners = {"depth": {"l1", "ssim", "grad", "log_depth"}, "mask": {"bce", "dice", "boundary"},
+              "alpha": {"alpha_l1", "alpha_grad"}}  # fmt: skip
+    for output, out in spoiled.items():
+        _, parts = total_loss(out, batch, w)
+        raised = {k for k, v in parts.items() if v > base[k] + 0.01}
+        assert raised == owners[output], (output, parts)

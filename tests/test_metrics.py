@@ -21,6 +21,20 @@ def test_mask_metrics_match_hand_computed_values():
     assert mask_metrics(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))["iou"].item() == 1.0
 
 
+def test_boundary_f_forgives_outlines_within_its_tolerance_and_no_further():
+    """Boundary F (README: 2 px tolerance): an outline 1 or 2 px off is a perfect 1, 3 px off is not;
+    with no tolerance 1 px off is not either."""
+    gt = torch.zeros(1, 1, 40, 40)
+    gt[..., 10:30, 10:30] = 1
+
+    def shifted(px: int) -> torch.Tensor:
+        return torch.roll(gt, shifts=(px, px), dims=(2, 3))
+
+    bf = {px: mask_metrics(shifted(px), gt)["boundary_f"].item() for px in (0, 1, 2, 3)}
+    assert bf[0] == bf[1] == bf[2] == 1.0 and bf[3] < 0.9
+    assert mask_metrics(shifted(1), gt, tolerance=0)["boundary_f"].item() < 0.5
+
+
 def test_depth_metrics_and_log_loss_match_hand_computed_values():
     def inv(m):  # depth in metres → the stored normalised inverse depth
         return (1 / m - 1 / 200) / (1 - 1 / 200)

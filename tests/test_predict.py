@@ -37,6 +37,40 @@ def test_predict_returns_outputs_at_the_input_photo_size(trained, tmp_path):
     assert np.asarray(Image.open(tmp_path / "out" / "b_overlay.png")).shape == (45, 45, 3)
 
 
+def test_the_written_files_hold_the_networks_outputs(trained, tmp_path):
+    """a_mask / a_alpha / a_depth.png are the network's mask probability ≥ 0.5, alpha and depth for the
+    pair (depth as 16-bit inverse depth, near bright): not swapped, flipped or rescaled on the way out."""
+    import torch
+
+    from fgbg.model import load_model
+    from fgbg.predict import predict_tensors
+
+    rng = np.random.default_rng(1)
+    bg = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    fg_bg = bg.copy()
+    fg_bg[20:50, 30:70] = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    for folder, img in (("bg", bg), ("fg_bg", fg_bg)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(img).save(tmp_path / folder / "a.png")
+    run_predict(trained.model, tmp_path / "bg", tmp_path / "fg_bg", tmp_path / "out", "cpu", "never",
+                match_tone=False, log=lambda *a: None)  # fmt: skip
+    loaded = load_model(trained.model, torch.device("cpu"))
+
+    def tensor(img):
+        return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+
+    with torch.inference_mode():
+        prob, depth, alpha = (t[0, 0].numpy() for t in predict_tensors(loaded, tensor(bg), tensor(fg_bg)))
+
+    def written(name):
+        return np.asarray(Image.open(tmp_path / "out" / f"a_{name}.png")).astype(np.float64)
+
+    np.testing.assert_allclose(written("depth") / 65535, depth, atol=1 / 65535)
+    np.testing.assert_allclose(written("alpha") / 255, alpha, atol=0.5 / 255 + 1e-6)
+    decided = np.abs(prob - 0.5) > 1e-4  # a probability at 0.5 itself may round either way
+    np.testing.assert_array_equal((written("mask") > 0)[decided], (prob >= 0.5)[decided])
+
+
 def _photo_pair(condition: str, size: int = 192):
     return next(capture_pairs(real_photos()[:1], per_photo=1, size=size, seed=3, conditions=(condition,)))
 
