@@ -4,7 +4,8 @@
 
 Quality: real-photo capture pairs (fgbg.capture_pairs, the photos shipped in scikit-learn /
 matplotlib; seed 0 is what `fgbg check-captures` scores, seed 1 the pairs the radii were chosen on)
-at each size, each predicted as `fgbg predict` does with and without the refinement: mask IoU per
+at each size, each through predict_pair (the network and full-size outputs of `fgbg predict`, without
+the alignment and tone matching it adds by default) with and without the refinement: mask IoU per
 condition, alpha SAD and MSE against the matte the object was pasted with, the gain paired over
 the same pairs. Speed: one pair of a real photo enlarged to `--time-side` on its short side,
 predict_pair with and without the refinement (median of `--repeats`).
