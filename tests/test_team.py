@@ -73,7 +73,8 @@ def test_mlflow_server_collects_two_trainings_on_loopback(tmp_path, env):
     run(["dvc", "repro", "stats"], repo, env)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "fgbg.cli", "mlflow-server", "--port", str(port)],
+        [sys.executable, "-m", "fgbg.cli", "mlflow-server", "--port", str(port),
+         "--allowed-hosts", f"mlflow.team.example:{port}"],
         cwd=repo, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -98,6 +99,8 @@ def test_mlflow_server_collects_two_trainings_on_loopback(tmp_path, env):
         versions = client.search_model_versions("name='fgbg-mask-depth'")
         assert len(versions) == 2
         check_compare_page_in_browser(uri, experiment.experiment_id, runs, tmp_path)
+        # teammates by the listed name get in (the trainings above came by 127.0.0.1), other names do not
+        assert [host_status(uri, f"{name}:{port}") for name in ("mlflow.team.example", "other.example")] == [200, 403]
         # the default binds loopback only
         listening = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
         if listening:
@@ -105,6 +108,19 @@ def test_mlflow_server_collects_two_trainings_on_loopback(tmp_path, env):
             assert bound and all(addr.startswith("127.0.0.1:") for addr in bound), bound
     finally:
         stop(server)
+
+
+def host_status(uri: str, host: str) -> int:
+    """The HTTP status of an API call to the server at `uri` addressed (Host header) to `host`."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -330,8 +330,20 @@ def mlflow_server(
     quiet_telemetry()
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
            "--artifacts-destination", str(artifacts.resolve()), "--host", host, "--port", str(port), "--workers", "1",
-           *(["--allowed-hosts", allowed_hosts] if allowed_hosts else [])]  # fmt: skip
+           *(["--allowed-hosts", _with_local_hosts(allowed_hosts)] if allowed_hosts else [])]  # fmt: skip
     os.execv(cmd[0], cmd)
+
+
+def _with_local_hosts(names: str) -> str:
+    """`names` added to MLflow's own default hosts (loopback, private IPs), which --allowed-hosts
+    would otherwise replace: training on the server's machine keeps reaching it."""
+    try:
+        from mlflow.server.security_utils import get_default_allowed_hosts
+
+        local = get_default_allowed_hosts()
+    except ImportError:  # another MLflow layout
+        local = ["localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*"]
+    return ",".join([*local, *(n.strip() for n in names.split(",") if n.strip())])
 
 
 @app.command("check-params")
