@@ -27,36 +27,44 @@ def evaluated(trained, tiny_data, tmp_path_factory):
     return result, out
 
 
-def test_per_sample_metrics_are_recomputed_independently(evaluated, trained, tiny_data):
+@pytest.fixture(scope="module")
+def test_predictions(trained, tiny_data):
+    """[(keys, batch, outputs)] of the test split at the model's input size, predicted here once, as
+    evaluate reads the pairs (exact), for the tests that recompute what evaluate wrote."""
+    prepared, composites, depth, _ = tiny_data
+    dev = torch.device("cpu")
+    loaded = load_model(trained.model, dev)
+    batches = []
+    with torch.no_grad():
+        for raw in make_loader(ShardSamples(composites, depth, "test", shuffle=False), 8, 0, dev):
+            batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
+            batches.append((list(raw[-1]), batch, infer(loaded.net, batch.bg, batch.fg_bg, batch.exactness())))
+    return batches
+
+
+def test_per_sample_metrics_are_recomputed_independently(evaluated, test_predictions):
     """Each CSV row is the IoU, depth AbsRel / δ1 and alpha SAD/MSE of that key's prediction, counted
     here with NumPy (depth against the stored map, in metres, sky left out)."""
     result, out = evaluated
-    prepared, composites, depth, _ = tiny_data
     rows = {r["key"]: r for r in csv.DictReader((out / "test_samples.csv").open())}
-    dev = torch.device("cpu")
-    loaded = load_model(trained.model, dev)
-    test = ShardSamples(composites, depth, "test", shuffle=False)
     checked = 0
-    with torch.no_grad():
-        for raw in make_loader(test, 8, 0, dev):
-            batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
-            out = infer(loaded.net, batch.bg, batch.fg_bg)
-            pred, alpha = (out.mask_logits > 0).numpy(), out.alpha.double().numpy()
-            gt, gt_alpha = batch.mask.numpy() > 0.5, batch.alpha.double().numpy()
-            z, z_gt = (inverse_to_metres(t.double().numpy()) for t in (out.depth, batch.depth))
-            has_depth = batch.depth.numpy() >= DEPTH_VALID_MIN
-            for key, p, g, a, ga, d, dg, v in zip(raw[-1], pred, gt, alpha, gt_alpha, z, z_gt, has_depth, strict=True):
-                if v.any():
-                    absrel = (np.abs(d - dg) / dg)[v].mean()
-                    assert float(rows[key]["absrel"]) == pytest.approx(absrel, rel=1e-3), key
-                    delta1 = (np.maximum(d / dg, dg / d)[v] < 1.25).mean()
-                    assert float(rows[key]["delta1"]) == pytest.approx(delta1, abs=2 / v.sum()), key
-                union = (p | g).sum()
-                iou = (p & g).sum() / union if union else 1.0
-                assert float(rows[key]["iou"]) == pytest.approx(iou, abs=1e-5), key
-                assert float(rows[key]["sad"]) == pytest.approx(np.abs(a - ga).sum() / 1000, rel=1e-4, abs=1e-7)
-                assert float(rows[key]["mse"]) == pytest.approx(((a - ga) ** 2).mean(), rel=1e-4, abs=1e-9)
-                checked += 1
+    for keys, batch, out in test_predictions:
+        pred, alpha = (out.mask_logits > 0).numpy(), out.alpha.double().numpy()
+        gt, gt_alpha = batch.mask.numpy() > 0.5, batch.alpha.double().numpy()
+        z, z_gt = (inverse_to_metres(t.double().numpy()) for t in (out.depth, batch.depth))
+        has_depth = batch.depth.numpy() >= DEPTH_VALID_MIN
+        for key, p, g, a, ga, d, dg, v in zip(keys, pred, gt, alpha, gt_alpha, z, z_gt, has_depth, strict=True):
+            if v.any():
+                absrel = (np.abs(d - dg) / dg)[v].mean()
+                assert float(rows[key]["absrel"]) == pytest.approx(absrel, rel=1e-3), key
+                delta1 = (np.maximum(d / dg, dg / d)[v] < 1.25).mean()
+                assert float(rows[key]["delta1"]) == pytest.approx(delta1, abs=2 / v.sum()), key
+            union = (p | g).sum()
+            iou = (p & g).sum() / union if union else 1.0
+            assert float(rows[key]["iou"]) == pytest.approx(iou, abs=1e-5), key
+            assert float(rows[key]["sad"]) == pytest.approx(np.abs(a - ga).sum() / 1000, rel=1e-4, abs=1e-7)
+            assert float(rows[key]["mse"]) == pytest.approx(((a - ga) ** 2).mean(), rel=1e-4, abs=1e-9)
+            checked += 1
     assert checked == result["samples"] == len(rows) > 0
 
 
@@ -70,23 +78,18 @@ def test_test_json_is_the_mean_of_the_per_sample_table(evaluated):
         assert result[k] == pytest.approx(np.mean([float(r[k]) for r in rows]), abs=1e-5)
 
 
-def test_sheet_shows_the_best_and_worst_samples(evaluated, trained, tiny_data):
+def test_sheet_shows_the_best_and_worst_samples(evaluated, trained, test_predictions):
     _, out = evaluated
     sheet = np.asarray(Image.open(out / "test_sheet.png"))
     size = load_model(trained.model, torch.device("cpu")).input_size
     assert sheet.shape[0] == 4 * size  # 2 best + 2 worst rows of `size` px
     assert sheet.shape[1] == 8 * size + 7 * 2  # bg | fg_bg | mask | pred | alpha | pred | depth | pred
-    prepared, composites, depth, _ = tiny_data
     ious = {r["key"]: float(r["iou"]) for r in csv.DictReader((out / "test_samples.csv").open())}
-    loaded, dev = load_model(trained.model, torch.device("cpu")), torch.device("cpu")
     row_of = {}  # each test sample's sheet row, drawn here from its own prediction
-    with torch.no_grad():
-        for raw in make_loader(ShardSamples(composites, depth, "test", shuffle=False), 8, 0, dev):
-            batch = to_device(raw, bg_table(prepared, dev), dev, loaded.input_size)
-            pred = infer(loaded.net, batch.bg, batch.fg_bg, batch.exactness())
-            for i, key in enumerate(raw[-1]):
-                one = Batch(*(t[i : i + 1] for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth, batch.alpha)))
-                row_of[key] = prediction_sheet(one, Outputs(*(t[i : i + 1] for t in pred)), 1)
+    for keys, batch, pred in test_predictions:
+        for i, key in enumerate(keys):
+            one = Batch(*(t[i : i + 1] for t in (batch.bg, batch.fg_bg, batch.mask, batch.depth, batch.alpha)))
+            row_of[key] = prediction_sheet(one, Outputs(*(t[i : i + 1] for t in pred)), 1)
     shown = [next(k for k, row in row_of.items() if np.array_equal(row, sheet[r * size : (r + 1) * size]))
              for r in range(4)]  # fmt: skip
     ranked = sorted(ious.values(), reverse=True)
