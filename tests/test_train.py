@@ -50,26 +50,30 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
     params = tiny_train_params(tmp_path)
     train_tiny(params, tiny_data, tmp_path / "straight")
 
-    import fgbg.tracking as tracking
+    import fgbg.train as train
 
-    real_epoch = tracking.TrainRun.epoch
+    real_save = train.save_atomic
 
-    def killed_in_epoch_2(self, row, sheet):
-        if row["epoch"] == 2:
+    def killed_saving_epoch_2(obj, path):
+        if obj["epoch"] == 2 and not obj.get("finished"):
             raise KeyboardInterrupt  # as if the machine went away after epoch 1's checkpoint
-        real_epoch(self, row, sheet)
+        real_save(obj, path)
 
-    monkeypatch.setattr(tracking.TrainRun, "epoch", killed_in_epoch_2)
+    monkeypatch.setattr(train, "save_atomic", killed_saving_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train_tiny(params, tiny_data, tmp_path / "resumed")
     mlflow.end_run()
-    monkeypatch.setattr(tracking.TrainRun, "epoch", real_epoch)
+    monkeypatch.setattr(train, "save_atomic", real_save)
     result = train_tiny(params, tiny_data, tmp_path / "resumed", resume=True)
     assert [r["epoch"] for r in result["history"]] == [1, 2]
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "straight" / "model.pt").read_bytes() == (tmp_path / "resumed" / "model.pt").read_bytes()
+    # the rerun epoch 2 is in MLflow once, not once per try
+    steps = [m.step for m in mlflow.tracking.MlflowClient(params.mlflow.tracking_uri).get_metric_history(
+        result["mlflow_run_id"], "val_loss")]  # fmt: skip
+    assert sorted(steps) == [1, 2]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=params.mlflow.tracking_uri)
 
@@ -89,6 +93,31 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_data, tmp_pa
         other = params.model_copy(update=update)  # the same schedule and network, another run all the same
         with pytest.raises(ValueError, match=f"other train params \\({name} changed\\).*without --resume"):
             train_tiny(other, tiny_data, tmp_path / "resumed", resume=True)
+
+
+def test_an_epoch_checkpointed_but_not_yet_logged_is_logged_on_resume(tiny_data, tmp_path, monkeypatch):
+    """Killed after epoch 2's checkpoint, before MLflow heard of it: the resumed run has nothing
+    left to train but still logs epoch 2, so the run's curves are whole."""
+    params = tiny_train_params(tmp_path)
+    import fgbg.tracking as tracking
+
+    real_epoch = tracking.TrainRun.epoch
+
+    def killed_logging_epoch_2(self, row, sheet=None):
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_epoch(self, row, sheet)
+
+    monkeypatch.setattr(tracking.TrainRun, "epoch", killed_logging_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(params, tiny_data, tmp_path / "run")
+    mlflow.end_run()
+    monkeypatch.setattr(tracking.TrainRun, "epoch", real_epoch)
+    result = train_tiny(params, tiny_data, tmp_path / "run", resume=True)
+    client = mlflow.tracking.MlflowClient(params.mlflow.tracking_uri)
+    for key in ("val_loss", "val_iou", "train_loss"):
+        logged = {m.step: m.value for m in client.get_metric_history(result["mlflow_run_id"], key)}
+        assert logged == {r["epoch"]: pytest.approx(r[key]) for r in result["history"]}
 
 
 def test_a_new_run_does_not_leave_an_older_runs_checkpoint_to_resume(tiny_data, tmp_path, monkeypatch):

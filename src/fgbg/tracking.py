@@ -108,10 +108,19 @@ class TrainRun:
             self.mlflow.set_tags(tags)
         self.run_id = self.run.info.run_id
 
-    def epoch(self, row: dict, sheet: np.ndarray) -> None:
+    def epoch(self, row: dict, sheet: np.ndarray | None = None) -> None:
         epoch = int(row["epoch"])
         self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=epoch)
-        self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
+        if sheet is not None:
+            self.mlflow.log_image(sheet, f"predictions/epoch_{epoch:03d}.png")
+
+    def catch_up(self, history: list[dict]) -> None:
+        """Log the checkpointed epochs a resumed run has not logged yet (killed between the two),
+        without their prediction sheets, which the checkpoint does not keep."""
+        logged = {m.step for m in self.mlflow.tracking.MlflowClient().get_metric_history(self.run_id, "val_loss")}
+        for row in history:
+            if int(row["epoch"]) not in logged:
+                self.epoch(row)
 
     def finish(self, model_path: Path, checkpoint: Path, params: MlflowParams) -> None:
         """Log the checkpoint, tag the run with model.pt's sha256 (evaluate finds the run by it)

@@ -137,6 +137,8 @@ def run_train(
             return {"history": history, "mlflow_run_id": run_id}
         log(f"resuming after epoch {ckpt['epoch']}")
     tracker = TrainRun(params, all_params, run_id) if lead else None
+    if tracker is not None:
+        tracker.catch_up(history)  # an epoch checkpointed just before the kill, not yet in MLflow
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -187,7 +189,6 @@ def run_train(
             if not (math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])):
                 raise ValueError(f"epoch {epoch}: the loss is not finite (train {row['train_loss']}, val "
                                  f"{row['val_loss']}): lower train.lr or check the data; no model saved")  # fmt: skip
-            tracker.epoch(row, val["sheet"])
             if val["loss"] < best:
                 best, stale = val["loss"], 0
                 save_model(out_dir / "model.pt", model, params, epoch, size or bgs.shape[-1])
@@ -199,6 +200,7 @@ def run_train(
                           "epoch": epoch, "best": best, "stale": stale, "history": history, "rng": rngs,
                           "mlflow_run_id": tracker.run_id, "params": run_params}  # fmt: skip
             save_atomic(last_state, ckpt_path)
+            tracker.epoch(row, val["sheet"])  # after the checkpoint: a rerun epoch is never logged twice
         if world > 1:
             shared = [best, stale, history]
             torch.distributed.broadcast_object_list(shared, src=0)
