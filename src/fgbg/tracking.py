@@ -117,6 +117,8 @@ class TrainRun:
     def catch_up(self, history: list[dict]) -> None:
         """Log the checkpointed epochs a resumed run has not logged yet (killed between the two),
         without their prediction sheets, which the checkpoint does not keep."""
+        if not history:  # a new run: nothing to ask the server about
+            return
         logged = {m.step for m in self.mlflow.tracking.MlflowClient().get_metric_history(self.run_id, "val_loss")}
         for row in history:
             if int(row["epoch"]) not in logged:
