@@ -2,6 +2,7 @@
 
     python benchmarks/teacher.py --composites /tmp/bench/composites --prepared /tmp/bench/prepared
     python benchmarks/teacher.py ... --resolutions 266 518 --n 20000 --batch-size 256 --workers 12   # GPU
+    python benchmarks/teacher.py ... --resolutions 266 --precision bf16     # a CPU with avx512_bf16 / AMX
 
 Uses a Depth-Anything-V2-Small-sized model (DINOv2-S backbone + DPT head, ~25M parameters) built
 from its config with random weights: the speed is that of the real model, no download needed.
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compose", action="store_true", help="also time compose mode on all composites")
+    ap.add_argument("--precision", choices=("auto", "bf16", "float32"), default="auto", help="depth.teacher.precision")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fgbg-teacher-"))
@@ -68,10 +70,11 @@ def main() -> None:
     print(f"model: Depth-Anything-V2-Small-sized, {n_params / 1e6:.1f}M parameters, random weights")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"device: {name}; batch {args.batch_size}; {args.workers} decode workers")
+    print(f"device: {name}, precision {args.precision}; batch {args.batch_size}; {args.workers} decode workers")
     n = subset(args.composites, args.n, work / "subset")
     for res in args.resolutions:
-        teacher = TeacherParams(model=str(model), resolution=res, batch_size=args.batch_size, workers=args.workers)
+        teacher = TeacherParams(model=str(model), resolution=res, batch_size=args.batch_size, workers=args.workers,
+                                precision=args.precision)  # fmt: skip
         params = DepthParams(source="teacher", mode="per_image", teacher=teacher, preview_samples=0)
         shutil.rmtree(work / "depth", ignore_errors=True)
         t0 = time.perf_counter()
@@ -80,7 +83,8 @@ def main() -> None:
         print(f"per_image {res}x{res}: {n / dt:,.1f} images/s end to end ({n} images, {dt:.1f} s incl. model load)")
     if args.compose:
         total = read_manifest(args.composites)["samples"]
-        teacher = TeacherParams(model=str(model), resolution=args.resolutions[0], batch_size=args.batch_size)
+        teacher = TeacherParams(model=str(model), resolution=args.resolutions[0], batch_size=args.batch_size,
+                                precision=args.precision)  # fmt: skip
         params = DepthParams(source="teacher", mode="compose", teacher=teacher, preview_samples=0)
         t0 = time.perf_counter()
         bgs = len(bg_depth_maps(PreparedSet(args.prepared), params))

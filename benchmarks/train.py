@@ -5,13 +5,15 @@
     python benchmarks/train.py --data data --steps 10 --input-skip     # the train.input_skip model
     python benchmarks/train.py --data data --steps 32 --augment --clean-by sample   # mixed batches
     python benchmarks/train.py --data data --steps 10 --augment --exact-convs
+    python benchmarks/train.py --params presets/cpu-quality.yaml --data data --steps 32 --precision bf16   # a bf16 CPU
     python benchmarks/train.py --params presets/seed-scale.yaml --data /tmp/bench --steps 200 --batch-size 256 \
         --workers 14 --compile --augment                                # GPU
 
 The model, training size, batch, flip and augmentation are `--params`' train section (default
 params.yaml: what `fgbg train` would build); each flag given overrides its key.
 --data is a folder with prepared/, composites/ and depth/ (e.g. `benchmarks/compose.py --workdir`).
-Both loops run the same step (forward, loss, backward, AdamW; bf16 + channels_last on CUDA); the
+Both loops run the same step (forward, loss, backward, AdamW; bf16 + channels_last where
+train.precision says: on CUDA by default, on any device with --precision bf16); the
 ratio says how much of the ceiling the data pipeline lets through. With --augment, the cost of the
 capture augmentation twice: a third loop after the first two, and both loops interleaved in
 alternating rounds on one loader (the figure to read: the machine's drift falls on both sides).
@@ -71,7 +73,7 @@ def bench_params(params: TrainParams, args: argparse.Namespace) -> TrainParams:
     """The params file's train section with the flags given on the command line put over it."""
     flags = {"encoder": args.encoder, "batch_size": args.batch_size, "workers": args.workers,
              "image_size": args.image_size, "input_skip": args.input_skip, "exact_input": args.exact_input,
-             "exact_convs": args.exact_convs}  # fmt: skip
+             "exact_convs": args.exact_convs, "precision": args.precision}  # fmt: skip
     merged = params.model_dump() | {k: v for k, v in flags.items() if v is not None}
     if args.clean_by:
         merged["augment"]["clean_by"] = args.clean_by
@@ -95,6 +97,7 @@ def main() -> None:
     ap.add_argument("--exact-input", action=on_off, help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action=on_off, help="train.exact_convs (with --exact-input)")
     ap.add_argument("--clean-by", choices=("sample", "batch"), help="train.augment.clean_by")
+    ap.add_argument("--precision", choices=("auto", "bf16", "float32"), help="train.precision")
     ap.add_argument(
         "--progress",
         type=float,
@@ -105,8 +108,7 @@ def main() -> None:
     params = bench_params(load_params(args.params).train, args)
     device = resolve_device("auto")
     model = MaskDepthNet(build_model(params), Normaliser(*[[0.5] * 3, [0.25] * 3] * 2)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.set_precision(params.precision)  # as train sets it up
     net = torch.compile(model) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
 
@@ -139,6 +141,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     exact = " + exact-pair norms" + (" and convs" if params.exact_convs else "") if params.exact_input else ""
     skip = " + input skip" if params.input_skip else ""
+    name += ", bf16" if model.bf16 else ", float32"
     print(f"device: {name}; {args.params}: UNet-{params.encoder} decoder {params.decoder_channels}{skip}{exact} "
           f"at {size}x{size}, clean_by {params.augment.clean_by}, batch {params.batch_size}, "
           f"{'compiled' if args.compile else 'eager'}, {params.workers} workers")  # fmt: skip

@@ -65,7 +65,7 @@ def test_differencing_model_is_exact_when_clean_and_rescued_by_alignment_when_ha
     pairs, collapses on handheld ones as shot, and `--align auto` brings it back."""
     import fgbg.captures as captures
 
-    monkeypatch.setattr(captures, "load_model", lambda path, device: differencing_model())
+    monkeypatch.setattr(captures, "load_model", lambda path, device, precision="auto": differencing_model())
     r = run_check_captures(CapturesParams(per_photo=2, size=128), tmp_path / "model.pt", tmp_path, "cpu",
                            log=lambda _: None)  # fmt: skip
     assert r["iou_clean"] > 0.9
@@ -84,7 +84,7 @@ def test_tone_matching_undoes_an_exposure_change_and_leaves_every_other_pair_as_
     exposure as object unless the bg takes the fg_bg's tone first; pairs without one are untouched."""
     import fgbg.captures as captures
 
-    monkeypatch.setattr(captures, "load_model", lambda path, device: differencing_model())
+    monkeypatch.setattr(captures, "load_model", lambda path, device, precision="auto": differencing_model())
     r = {
         match: run_check_captures(
             CapturesParams(per_photo=2, size=128, match_tone=match),
@@ -117,7 +117,9 @@ def test_an_exact_input_model_is_told_capture_except_in_clean_exact(tmp_path, mo
     import fgbg.captures as captures
 
     params = TrainParams(exact_input=True, augment={"clean": 0.5})
-    monkeypatch.setattr(captures, "load_model", lambda path, device: LoadedModel(ExactOnly().eval(), params, 128, 0))
+    monkeypatch.setattr(
+        captures, "load_model", lambda path, device, precision="auto": LoadedModel(ExactOnly().eval(), params, 128, 0)
+    )
     r = run_check_captures(CapturesParams(per_photo=1, size=128), tmp_path / "model.pt", tmp_path, "cpu",
                            log=lambda _: None)  # fmt: skip
     assert r["iou_clean_exact"] > 0.9

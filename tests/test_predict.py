@@ -249,6 +249,32 @@ def test_the_cli_refuses_an_unknown_align_mode_before_reading_anything(tmp_path)
 
     done = CliRunner().invoke(app, ["predict", "a.png", "b.png", "--model", "missing.pt", "--align", "sometimes"])
     assert done.exit_code == 2 and "sometimes" in done.output and "auto" in done.output
+    done = CliRunner().invoke(app, ["predict", "a.png", "b.png", "--model", "missing.pt", "--precision", "fp16"])
+    assert done.exit_code == 2 and "fp16" in done.output and "bf16" in done.output
+
+
+def test_predict_in_bf16_writes_the_float32_mask_on_the_cli(trained, tmp_path):
+    """`fgbg predict --precision bf16` (a GPU's default, here on the CPU) computes otherwise (its 16-bit
+    depth differs) and gives the float32 run's mask but for the odd pixel at the threshold."""
+    from typer.testing import CliRunner
+
+    from fgbg.cli import app
+
+    rng = np.random.default_rng(2)
+    bg = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    fg_bg = bg.copy()
+    fg_bg[16:48, 24:64] = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    Image.fromarray(bg).save(tmp_path / "bg.png")
+    Image.fromarray(fg_bg).save(tmp_path / "fg_bg.png")
+    masks, depths = [], []
+    for precision in ("bf16", "float32"):
+        args = ["predict", str(tmp_path / "bg.png"), str(tmp_path / "fg_bg.png"), "--model", str(trained.model),
+                "--out", str(tmp_path / precision), "--device", "cpu", "--precision", precision]  # fmt: skip
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code == 0, done.output
+        masks.append(np.asarray(Image.open(tmp_path / precision / "fg_bg_mask.png")) > 0)
+        depths.append(np.asarray(Image.open(tmp_path / precision / "fg_bg_depth.png")))
+    assert (masks[0] != masks[1]).mean() < 0.02 and not np.array_equal(*depths)
 
 
 def test_full_size_outputs_stay_on_zero_one_where_the_network_and_the_filter_overshoot(tiny_stats, tmp_path):

@@ -43,6 +43,25 @@ def test_teacher_loads_from_a_local_folder_offline_and_predicts_at_input_size(ti
     assert u16.dtype == np.uint16 and (u16.min(axis=(1, 2)) == 0).all() and (u16.max(axis=(1, 2)) == 65535).all()
 
 
+def test_a_bf16_teacher_computes_in_bf16_and_gives_the_float32_depth(tiny_teacher, monkeypatch):
+    """`depth.teacher.precision: bf16` (a GPU's default) run here on the CPU: the convolutions compute
+    in bf16, the maps come back float32 and rank depth as float32 does (the u16 maps agree)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    images = torch.randint(0, 256, (2, 40, 52, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fp32 = DepthTeacher(str(tiny_teacher), resolution=56, device="cpu").predict(images).maps
+    teacher = DepthTeacher(str(tiny_teacher), resolution=56, device="cpu", precision="bf16")
+    convs = []
+    handles = [m.register_forward_hook(lambda m, a, out: convs.append(out.dtype))
+               for m in teacher.model.modules() if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    bf16 = teacher.predict(images).maps
+    for h in handles:
+        h.remove()
+    assert convs and set(convs) == {torch.bfloat16}
+    assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
+    a, b = (to_inverse_u16(m, False).astype(np.float64) for m in (bf16, fp32))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
 def test_a_teacher_whose_processor_does_not_normalise_reads_pixels_as_they_are(tmp_path, monkeypatch):
     """GLPN (a supported teacher) ships a processor without image_mean / image_std: it takes pixels
     on [0, 1] unnormalised, and loading it must not fail on the missing statistics."""
@@ -193,13 +212,18 @@ def test_metric_conversion_matches_the_projects_fixed_range():
     assert np.abs(got - metric_to_inverse_u16(metres).astype(int)).max() <= 2
 
 
-def test_teacher_depth_from_another_device_is_another_run(tiny_teacher, monkeypatch):
-    """bf16 on CUDA and float32 on the CPU give other bytes: `device: auto` resolved on a GPU machine
-    and on a CPU one must not share a fingerprint (parts of both would be merged as one run)."""
-    params = teacher_params(tiny_teacher, "compose").teacher.model_copy(update={"device": "auto"})
-    params = teacher_params(tiny_teacher, "compose").model_copy(update={"teacher": params})
-    fingerprints = set()
-    for kind in ("cpu", "cuda"):
-        monkeypatch.setattr(depth_module, "resolve_device", lambda device, kind=kind: torch.device(kind))
-        fingerprints.add(depth_module._teacher_fingerprint(params))
-    assert len(fingerprints) == 2
+def test_teacher_depth_from_another_device_or_precision_is_another_run(tiny_teacher, monkeypatch):
+    """bf16 and float32, CUDA and the CPU give other bytes: `device: auto` resolved on a GPU machine
+    and on a CPU one, or another precision, must not share a fingerprint (parts of both would be
+    merged as one run); auto on CUDA is bf16, so it shares bf16's."""
+    base = teacher_params(tiny_teacher, "compose")
+
+    def fingerprint(kind: str, precision: str) -> str:
+        monkeypatch.setattr(depth_module, "resolve_device", lambda device: torch.device(kind))
+        teacher = base.teacher.model_copy(update={"device": "auto", "precision": precision})
+        return depth_module._teacher_fingerprint(base.model_copy(update={"teacher": teacher}))
+
+    runs = {(kind, precision): fingerprint(kind, precision) for kind in ("cpu", "cuda") for precision in
+            ("auto", "bf16", "float32")}  # fmt: skip
+    assert runs[("cuda", "auto")] == runs[("cuda", "bf16")] and runs[("cpu", "auto")] == runs[("cpu", "float32")]
+    assert len(set(runs.values())) == 4

@@ -232,3 +232,36 @@ def test_the_history_logs_the_rate_each_epochs_last_step_took(tiny_data, tmp_pat
     params = tiny_train_params(tmp_path, epochs=2)
     history = train_tiny(params, tiny_data, tmp_path / "models")["history"]
     assert history[-1]["lr"] == pytest.approx(params.lr / 25 / 1e4)
+
+
+def test_bf16_trains_on_channels_last_here_and_predicts_what_float32_does(tiny_data, tmp_path):
+    """`train.precision: bf16` is the path a GPU takes by default, run here on the CPU (CI has no GPU):
+    every convolution computes in bf16 on channels_last tensors, outputs and losses stay float32, the
+    losses are finite, and the saved model predicts in bf16 what it predicts in float32."""
+    from fgbg.model import load_model
+
+    convs = []
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Conv2d):
+            convs.append((out.dtype, out.is_contiguous(memory_format=torch.channels_last)))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        history = train_tiny(tiny_train_params(tmp_path, precision="bf16"), tiny_data, tmp_path / "models")["history"]
+    finally:
+        handle.remove()
+    assert convs and set(convs) == {(torch.bfloat16, True)}
+    assert all(torch.isfinite(torch.tensor([r["train_loss"], r["val_loss"]])).all() for r in history)
+
+    prepared, composites, depth, _ = tiny_data
+    dev = torch.device("cpu")
+    raw = next(iter(make_loader(ShardSamples(composites, depth, "val", shuffle=False), 8, 0, dev)))
+    batch = to_device(raw, bg_table(prepared, dev), dev, 32)
+    with torch.inference_mode():
+        bf16, fp32 = (infer(load_model(tmp_path / "models" / "model.pt", dev, precision).net, batch.bg, batch.fg_bg)
+                      for precision in ("bf16", "auto"))  # fmt: skip
+    for a, b in zip(bf16, fp32, strict=True):
+        assert a.dtype == b.dtype == torch.float32
+        assert (a - b).abs().max() <= 0.05 * b.abs().max() + 0.02
+    assert not torch.equal(bf16.depth, fp32.depth)  # auto is float32 on the CPU: the two paths differ

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fgbg.capture_pairs import CONDITIONS, CapturePair, capture_pairs, real_photos
-from fgbg.config import CapturesParams, MlflowParams, resolve_device
+from fgbg.config import CapturesParams, MlflowParams, Precision, resolve_device
 from fgbg.images import contact_sheet
 from fgbg.model import LoadedModel, load_model
 from fgbg.predict import AlignReport, align_bg, predict_batch, trained_tolerance_px
@@ -104,12 +104,12 @@ def summarise(rows: list[dict]) -> dict:
 
 def run_check_captures(
     params: CapturesParams, model_path: Path, out_dir: Path, device: str = "auto",
-    mlflow: MlflowParams | None = None, log=print,
+    mlflow: MlflowParams | None = None, log=print, precision: Precision = "auto",
 ) -> dict:  # fmt: skip
     """Check the model on the real-photo capture pairs; write metrics and the worst-case sheet;
     log them into the model's MLflow run (prefix `captures_`) when it is in `mlflow`'s store."""
     out_dir = Path(out_dir)
-    loaded = load_model(Path(model_path), resolve_device(device))
+    loaded = load_model(Path(model_path), resolve_device(device), precision)
     tolerance = trained_tolerance_px(loaded)
     rows, worst = [], {}
     pairs = capture_pairs(real_photos(), per_photo=params.per_photo, size=params.size, seed=params.seed)

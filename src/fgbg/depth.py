@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from fgbg.config import DepthParams, resolve_device, resolve_jobs
+from fgbg.config import DepthParams, resolve_device, resolve_jobs, uses_bf16
 from fgbg.convention import DEPTH_CONVENTION
 from fgbg.images import MASK_THRESHOLD, decode, encode_png
 from fgbg.prepared import PreparedSet, fg_variant, iter_index, parse_key, sample_key
@@ -97,7 +97,7 @@ def bg_depth_maps(ps: PreparedSet, params: DepthParams, teacher: DepthTeacher | 
 
 def load_teacher(params: DepthParams) -> DepthTeacher:
     t = params.teacher
-    return DepthTeacher(t.model, t.resolution, t.device)
+    return DepthTeacher(t.model, t.resolution, t.device, t.precision)
 
 
 # ---------------------------------------------------------------- compose mode workers
@@ -318,14 +318,15 @@ def _align(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def _teacher_fingerprint(params: DepthParams) -> str | None:
-    """A local teacher folder's content is an input too: new weights, new depth. So is the device
-    it runs on (bf16 on CUDA, float32 on the CPU give other bytes): parts built on a GPU machine and
-    a CPU one must not be merged as one run."""
+    """A local teacher folder's content is an input too: new weights, new depth. So are the device it
+    runs on and its precision (bf16 and float32, a GPU's kernels and a CPU's give other bytes): parts
+    built on a GPU machine and a CPU one must not be merged as one run."""
     if params.source != "teacher":
         return None
     folder = Path(params.teacher.model)
     weights = folder_fingerprint(folder) if folder.is_dir() else params.teacher.model
-    return f"{weights}@{resolve_device(params.teacher.device).type}"
+    device = resolve_device(params.teacher.device)
+    return f"{weights}@{device.type}" + ("/bf16" if uses_bf16(device, params.teacher.precision) else "")
 
 
 def _preview_rows(out_dir, composites_dir, prepared_dir, shard_names, n) -> list[list[np.ndarray]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fgbg.config import EvaluateParams, MlflowParams, resolve_device
+from fgbg.config import EvaluateParams, MlflowParams, Precision, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, resized, to_device
 from fgbg.metrics import ALPHA_METRICS, DEPTH_METRICS, MASK_METRICS, mask_metrics
 from fgbg.model import Outputs, infer, load_model
@@ -24,13 +24,13 @@ SAMPLE_FIELDS = ["key", *MASK_METRICS, *DEPTH_METRICS, *ALPHA_METRICS]
 @torch.inference_mode()
 def run_evaluate(
     params: EvaluateParams, model_path: Path, prepared_dir: Path, composites_dir: Path, depth_dir: Path,
-    out_dir: Path, device: str = "auto", mlflow: MlflowParams | None = None, log=print,
+    out_dir: Path, device: str = "auto", mlflow: MlflowParams | None = None, log=print, precision: Precision = "auto",
 ) -> dict:  # fmt: skip
     """Write test.json (means), test_samples.csv (per sample) and test_sheet.png (best, worst);
     log them into the MLflow run that trained the model, when it is in `mlflow`'s store."""
     out_dir = Path(out_dir)
     dev = resolve_device(device)
-    loaded = load_model(Path(model_path), dev)
+    loaded = load_model(Path(model_path), dev, precision)
     test = ShardSamples(composites_dir, depth_dir, "test", shuffle=False)
     if not test.names:
         raise ValueError(f"{composites_dir}: no test shards (check split.test)")

@@ -15,7 +15,7 @@ import segmentation_models_pytorch as smp
 import torch
 from pydantic import ValidationError
 
-from fgbg.config import TrainParams, describe_errors
+from fgbg.config import Precision, TrainParams, describe_errors, uses_bf16
 from fgbg.images import atomic_write_bytes, first_line
 
 RGB = ("r", "g", "b")
@@ -185,10 +185,17 @@ class MaskDepthNet(torch.nn.Module):
         super().__init__()
         self.unet, self.norm = unet, norm
         self.pair_layers = [m for m in unet.modules() if isinstance(m, ExactPair)]
+        self.bf16 = False  # set_precision: the forward in bf16 autocast on channels_last tensors
+
+    def set_precision(self, precision: Precision = "auto") -> MaskDepthNet:
+        """bf16 autocast on channels_last weights and inputs where `uses_bf16` says so for the device
+        the net is on (move it there first), float32 otherwise; the outputs are float32 either way."""
+        self.bf16 = uses_bf16(next(self.parameters()).device, precision)
+        return self.to(memory_format=torch.channels_last if self.bf16 else torch.contiguous_format)
 
     def forward(self, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
         x = self.norm(bg, fg_bg)
-        if x.is_cuda:
+        if self.bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         n_exact, order = 0, None
         if self.pair_layers and exact is not None:
@@ -199,7 +206,8 @@ class MaskDepthNet(torch.nn.Module):
         for m in self.pair_layers:
             m.exact_first = n_exact
         try:
-            out = self.unet(x)
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.unet(x).float()
         finally:
             for m in self.pair_layers:
                 m.exact_first = 0
@@ -210,11 +218,10 @@ class MaskDepthNet(torch.nn.Module):
 
 
 def infer(net: torch.nn.Module, bg: torch.Tensor, fg_bg: torch.Tensor, exact: torch.Tensor | None = None) -> Outputs:
-    """The forward pass everyone uses: bf16 autocast on CUDA, float32 outputs. `net` is a
-    MaskDepthNet or a wrapper of one (DDP, torch.compile); `exact` as MaskDepthNet's."""
-    with torch.autocast(bg.device.type, dtype=torch.bfloat16, enabled=bg.device.type == "cuda"):
-        out = net(bg, fg_bg) if exact is None else net(bg, fg_bg, exact)
-    return Outputs(*(t.float() for t in out))
+    """The forward pass everyone uses, in the net's precision (MaskDepthNet.set_precision), float32
+    outputs. `net` is a MaskDepthNet or a wrapper of one (DDP, torch.compile); `exact` as
+    MaskDepthNet's (left out for a net whose wrapper takes two inputs)."""
+    return net(bg, fg_bg) if exact is None else net(bg, fg_bg, exact)
 
 
 # ---------------------------------------------------------------- model.pt
@@ -235,7 +242,7 @@ def model_file(net: MaskDepthNet, params: TrainParams, epoch: int, input_size: i
     return {
         "input_size": int(input_size),
         "model": {k: v.detach().cpu() for k, v in net.unet.state_dict().items()},
-        "train_params": params.model_dump(mode="json", exclude={"mlflow", "device"}),
+        "train_params": params.model_dump(mode="json", exclude={"mlflow", "device", "precision"}),
         "normaliser": net.norm.as_dict(),
         "epoch": epoch,
     }
@@ -250,8 +257,8 @@ def save_model(path: Path, net: MaskDepthNet, params: TrainParams, epoch: int, i
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def load_model(path: Path, device: torch.device) -> LoadedModel:
-    """model.pt → the network in eval mode on `device`, with its params and input size."""
+def load_model(path: Path, device: torch.device, precision: Precision = "auto") -> LoadedModel:
+    """model.pt → the network in eval mode on `device` in `precision`, with its params and input size."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such model file (train one with `fgbg train`, or `dvc pull`)")
     try:
@@ -273,7 +280,8 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     unet = build_model(params.model_copy(update={"encoder_weights": None}))  # weights come from the file
     unet.load_state_dict(data["model"])
     net = MaskDepthNet(unet, Normaliser.from_dict(data["normaliser"]))
-    return LoadedModel(net.to(device).eval(), params, int(data["input_size"]), int(data["epoch"]))
+    net = net.to(device).set_precision(precision).eval()
+    return LoadedModel(net, params, int(data["input_size"]), int(data["epoch"]))
 
 
 # ---------------------------------------------------------------- deployment

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from fgbg import tone
 from fgbg.align import estimate_alignment, is_misaligned, warp_bg
-from fgbg.config import ALIGN_MODES, resolve_device
+from fgbg.config import ALIGN_MODES, Precision, resolve_device
 from fgbg.convention import unit_to_u16
 from fgbg.images import (
     IMAGE_SUFFIXES,
@@ -284,7 +284,7 @@ def _register(
 def run_predict(
     model_path: Path, bg: Path, fg_bg: Path, out_dir: Path, device: str = "auto", align: str = "auto",
     align_above_px: float | None = None, onto: Path | None = None, exact: bool = False, refine: bool = True,
-    match_tone: bool = True, log=print,
+    match_tone: bool = True, log=print, precision: Precision = "auto",
 ) -> list[Path]:  # fmt: skip
     """Predict each pair; outputs (mask, alpha, 16-bit depth, colour depth, overlay, `<name>.json` with
     the alignment, and with `onto` the object on that background) at the photo's size.
@@ -292,8 +292,9 @@ def run_predict(
     alignment under `align="auto"`. `exact`: the pairs are identical outside the object (renders,
     screenshots), for a model trained with `train.exact_input`. `refine`: mask and alpha follow the
     photo's edges at full size (fgbg.refine), else upsampled bilinearly. `match_tone`: the bg takes
-    fg_bg's exposure and white balance first (fgbg.tone; never for `exact` pairs)."""
-    loaded = load_model(Path(model_path), resolve_device(device))
+    fg_bg's exposure and white balance first (fgbg.tone; never for `exact` pairs). `precision`: the
+    network's arithmetic (config.uses_bf16: auto is bf16 on a GPU, float32 on the CPU)."""
+    loaded = load_model(Path(model_path), resolve_device(device), precision)
     align = align_mode(loaded, align, exact, str(model_path))
     match_tone = match_tone and not exact  # an exact pair has no exposure change, and must stay exact
     tolerance = alignment_tolerance(loaded, align_above_px)

@@ -63,11 +63,13 @@ class FullSizeModel(mlflow.pyfunc.PythonModel):
     `align_above_px` as `--align-above-px`), `params={"exact": True}` for pairs identical outside the
     object, `params={"refine": False}` as `--no-refine`, `params={"match_tone": False}` as
     `--no-match-tone`. Device: `model_config=
-    {"device": "cpu"}` at load time, else the GPU when there is one (bf16 there, as `fgbg predict`)."""
+    {"device": "cpu"}` at load time, else the GPU when there is one (bf16 there, as `fgbg predict`;
+    `{"precision": "bf16"}` on a CPU with bf16 instructions, "float32" on a GPU)."""
 
     def load_context(self, context) -> None:
-        device = resolve_device((context.model_config or {}).get("device", "auto"))
-        self.loaded = load_model(Path(context.artifacts["model"]), device)
+        config = context.model_config or {}
+        device = resolve_device(config.get("device", "auto"))
+        self.loaded = load_model(Path(context.artifacts["model"]), device, config.get("precision", "auto"))
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
         options = {name: default for name, (_, default) in SERVING_PARAMS.items()} | (params or {})
@@ -123,7 +125,7 @@ def log_served_model(mlflow_module, model_path: Path, registered_model: str | No
         python_model=FullSizeModel(),
         artifacts={"model": str(model_path)},
         code_paths=[str(Path(fgbg.__file__).parent)],  # the inference code travels with the weights
-        model_config={"device": "auto"},  # load_model(..., model_config={"device": "cpu"}) overrides
+        model_config={"device": "auto", "precision": "auto"},  # load_model(..., model_config={...}) overrides
         signature=signature,
         input_example=(np.full((1, 6, 48, 80), 0.5, np.float32), {"align": "never"}),  # MLflow runs it as it logs
         pip_requirements=serving_requirements(),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fgbg.config import resolve_device
+from fgbg.config import Precision, resolve_device, uses_bf16
 from fgbg.convention import metres_to_inverse, unit_to_u16
 from fgbg.images import first_line
 
@@ -39,13 +39,14 @@ class TeacherOutput:
 class DepthTeacher:
     """A transformers depth model ready for batched uint8 RGB input."""
 
-    def __init__(self, model: str, resolution: int, device: str = "auto"):
+    def __init__(self, model: str, resolution: int, device: str = "auto", precision: Precision = "auto"):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         try:
             self.device = resolve_device(device)
         except ValueError as e:
             raise TeacherError(f"depth.teacher.device: {e}") from None
+        self.bf16 = uses_bf16(self.device, precision)  # bf16 autocast on a channels_last model
         try:
             self.model = AutoModelForDepthEstimation.from_pretrained(model)
         except Exception as e:  # transformers raises OSError, ValueError, KeyError... per cause
@@ -67,7 +68,7 @@ class DepthTeacher:
         multiple = multiple[0] if isinstance(multiple, list | tuple) else int(multiple)
         self.resolution = max(multiple, round(resolution / multiple) * multiple)
         self.model.eval().to(self.device)
-        if self.device.type == "cuda":
+        if self.bf16:
             self.model.to(memory_format=torch.channels_last)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
@@ -80,7 +81,7 @@ class DepthTeacher:
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
         x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True)
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.model(pixel_values=x).predicted_depth
         out = out.float().reshape(b, 1, *out.shape[-2:])
         out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)[:, 0]

@@ -81,9 +81,7 @@ def run_train(
     if len(train_set.names) < world:
         raise ValueError(f"{len(train_set.names)} train shards for {world} processes: lower compose.shard_size")
     bgs = bg_table(prepared_dir, device)
-    model = MaskDepthNet(unet, Normaliser.from_stats(stats_path)).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = MaskDepthNet(unet, Normaliser.from_stats(stats_path)).to(device).set_precision(params.precision)
     # full batches only (one shape per step: no recompiles under torch.compile); the loader starts
     # over if a process's workers run out first, so every DDP rank takes the same number of steps
     steps = max(1, len(train_set) // (params.batch_size * world))
@@ -219,8 +217,8 @@ def run_train(
 
 def _resumable_params(params: TrainParams) -> dict:
     """The train params a resumed run must share with the run it continues (all but where it runs
-    and how it is tracked: device, workers, compile, mlflow), as comparable JSON values."""
-    dumped = params.model_dump(mode="json", exclude={"device", "workers", "compile", "mlflow"})
+    and how it is tracked: device, precision, workers, compile, mlflow), as comparable JSON values."""
+    dumped = params.model_dump(mode="json", exclude={"device", "precision", "workers", "compile", "mlflow"})
     return {k: json.dumps(v, sort_keys=True) for k, v in dumped.items()}
 
 
