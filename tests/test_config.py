@@ -97,3 +97,17 @@ def test_missing_teacher_folder_is_named_at_load(tmp_path):
         load_params(path)
     path.write_text("depth:\n  source: provided\n  teacher:\n    model: /nonexistent/teacher\n")
     assert load_params(path).depth.source == "provided"  # unused teacher: no error
+
+
+def test_precision_auto_is_bf16_on_cuda_only_and_an_unknown_one_is_refused():
+    """auto keeps the CPU in float32 (the bytes DVC cached) and a GPU in bf16; a misspelt precision
+    (the served model's model_config is not checked by pydantic) is an error, not float32."""
+    import torch
+
+    from fgbg.config import uses_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [uses_bf16(d, p) for d in (cpu, cuda) for p in ("auto", "bf16", "float32")] == [
+        False, True, False, True, True, False]  # fmt: skip
+    with pytest.raises(ValueError, match="bfloat16"):
+        uses_bf16(cuda, "bfloat16")

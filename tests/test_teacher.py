@@ -226,4 +226,5 @@ def test_teacher_depth_from_another_device_or_precision_is_another_run(tiny_teac
     runs = {(kind, precision): fingerprint(kind, precision) for kind in ("cpu", "cuda") for precision in
             ("auto", "bf16", "float32")}  # fmt: skip
     assert runs[("cuda", "auto")] == runs[("cuda", "bf16")] and runs[("cpu", "auto")] == runs[("cpu", "float32")]
+    assert runs[("cpu", "auto")].endswith("@cpu")  # as before precision existed: CPU outputs stay reusable
     assert len(set(runs.values())) == 4

@@ -402,6 +402,8 @@ def uses_bf16(device, precision: Precision = "auto") -> bool:
     auto: on CUDA only. A CPU with bf16 instructions (avx512_bf16, AMX) trains ~2× faster in bf16
     (benchmarks/README), but auto keeps float32 there: a CPU without them emulates bf16 slowly, and
     float32 keeps the bytes DVC cached on CPUs before."""
+    if precision not in get_args(Precision):  # the served model's model_config is not validated by pydantic
+        raise ValueError(f"precision: one of {', '.join(get_args(Precision))}, not {precision!r}")
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 

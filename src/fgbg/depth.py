@@ -233,7 +233,7 @@ def run_depth(
     fingerprint = fingerprint_of(
         "depth-v2",
         code_fingerprint("depth"),
-        params.model_dump(exclude={"jobs", "preview_samples"}),
+        params.model_dump(exclude={"jobs": True, "preview_samples": True, "teacher": {"precision"}}),  # resolved below
         _teacher_fingerprint(params),
         composites["fingerprint"],
         folder_fingerprint(prepared_dir),
