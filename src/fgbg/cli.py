@@ -257,7 +257,7 @@ def _precision(value: str) -> str:
     return value
 
 
-PRECISION_HELP = "auto: bf16 on a GPU, float32 on the CPU; bf16 on a CPU with bf16 instructions is ~2x faster."
+PRECISION_HELP = "auto: bf16 on a GPU, float32 on the CPU; bf16 on a CPU with bf16 instructions is 1.5x faster."
 ALIGN_HELP = "Register the bg onto the fg_bg first: auto (camera moved beyond the trained range), always, never."
 ALIGN_ABOVE_HELP = "auto aligns above this camera shift (px at the model's input size); default: the trained range."
 ONTO_HELP = (

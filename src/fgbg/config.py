@@ -399,7 +399,7 @@ def resolve_jobs(jobs: int) -> int:
 
 def uses_bf16(device, precision: Precision = "auto") -> bool:
     """Whether a network runs in bf16 autocast on channels_last tensors on `device` (a torch.device).
-    auto: on CUDA only. A CPU with bf16 instructions (avx512_bf16, AMX) trains ~2× faster in bf16
+    auto: on CUDA only. A CPU with bf16 instructions (avx512_bf16, AMX) trains 1.5× faster in bf16
     (benchmarks/README), but auto keeps float32 there: a CPU without them emulates bf16 slowly, and
     float32 keeps the bytes DVC cached on CPUs before."""
     if precision not in get_args(Precision):  # the served model's model_config is not validated by pydantic
