@@ -20,12 +20,13 @@ import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import get_args
 
 import safetensors.torch
 import torch
 
 from fgbg.compose import PreparedSet
-from fgbg.config import DepthParams, TeacherParams
+from fgbg.config import DepthParams, Precision, TeacherParams
 from fgbg.depth import bg_depth_maps, run_depth
 from fgbg.shards import ShardWriter, iter_shard, read_manifest
 from fgbg.teacher import save_random_depth_anything
@@ -61,7 +62,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--compose", action="store_true", help="also time compose mode on all composites")
-    ap.add_argument("--precision", choices=("auto", "bf16", "float32"), default="auto", help="depth.teacher.precision")
+    ap.add_argument("--precision", choices=get_args(Precision), default="auto", help="depth.teacher.precision")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fgbg-teacher-"))

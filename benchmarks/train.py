@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
 from fgbg.augment import CaptureAugment
-from fgbg.config import TrainParams, load_params, resolve_device
+from fgbg.config import Precision, TrainParams, load_params, resolve_device
 from fgbg.data import Batch, ShardSamples, bg_table, make_loader, to_device
 from fgbg.losses import total_loss
 from fgbg.model import MaskDepthNet, Normaliser, build_model, infer
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--exact-input", action=on_off, help="train.exact_input (splits with --augment)")
     ap.add_argument("--exact-convs", action=on_off, help="train.exact_convs (with --exact-input)")
     ap.add_argument("--clean-by", choices=("sample", "batch"), help="train.augment.clean_by")
-    ap.add_argument("--precision", choices=("auto", "bf16", "float32"), help="train.precision")
+    ap.add_argument("--precision", choices=get_args(Precision), help="train.precision")
     ap.add_argument(
         "--progress",
         type=float,

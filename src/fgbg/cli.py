@@ -243,18 +243,15 @@ def check_captures(
     run_check_captures(p.captures, model, out, p.train.device, p.train.mlflow, log=_log, precision=p.train.precision)
 
 
-def _align_mode(value: str) -> str:
-    """--align checked before anything is read (a usage error naming the choices)."""
-    if value not in ALIGN_MODES:
-        raise typer.BadParameter(f"one of {', '.join(ALIGN_MODES)}, not {value!r}")
-    return value
+def _one_of(choices: tuple[str, ...]):
+    """A typer callback: the option checked before anything is read (a usage error naming the choices)."""
 
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"one of {', '.join(choices)}, not {value!r}")
+        return value
 
-def _precision(value: str) -> str:
-    """--precision checked before anything is read."""
-    if value not in get_args(Precision):
-        raise typer.BadParameter(f"one of {', '.join(get_args(Precision))}, not {value!r}")
-    return value
+    return check
 
 
 PRECISION_HELP = "auto: bf16 on a GPU, float32 on the CPU; bf16 on a CPU with bf16 instructions is 1.5x faster."
@@ -286,33 +283,20 @@ def predict(
     model: Path = MODELS / "model.pt",
     out: Path = Path("predictions"),
     device: str = "auto",
-    align: Annotated[str, typer.Option(help=ALIGN_HELP, callback=_align_mode)] = "auto",
+    align: Annotated[str, typer.Option(help=ALIGN_HELP, callback=_one_of(ALIGN_MODES))] = "auto",
     align_above_px: Annotated[float | None, typer.Option(help=ALIGN_ABOVE_HELP)] = None,
     onto: Annotated[Path | None, typer.Option(help=ONTO_HELP)] = None,
     exact: Annotated[bool, typer.Option(help=EXACT_HELP)] = False,
     refine: Annotated[bool, typer.Option(help=REFINE_HELP)] = True,
     match_tone: Annotated[bool, typer.Option(help=MATCH_TONE_HELP)] = True,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP, callback=_precision)] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP, callback=_one_of(get_args(Precision)))] = "auto",
 ) -> None:
     """Mask, alpha and depth for bg + fg_bg photos of any size (mask, alpha matte, 16-bit depth, colour
     depth, overlay, alignment; the object on a new background with --onto)."""
     from fgbg.predict import run_predict
 
-    written = run_predict(
-        model,
-        bg,
-        fg_bg,
-        out,
-        device,
-        align,
-        align_above_px,
-        onto,
-        exact,
-        refine,
-        match_tone,
-        log=_log,
-        precision=precision,
-    )
+    written = run_predict(model, bg, fg_bg, out, device, align, align_above_px, onto, exact, refine, match_tone,
+                          log=_log, precision=precision)  # fmt: skip
     typer.echo(f"predict: {len(written)} files → {out}", err=True)
 
 
